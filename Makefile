@@ -1,0 +1,47 @@
+# opt-coinfer: every target does its own set-up on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+PROTO_SRC := protos/coinfer/v1/coinfer.proto
+PROTO_OUT := protos/coinfer/v1/coinfer_pb2.py protos/coinfer/v1/coinfer_pb2_grpc.py protos/coinfer/v1/coinfer_pb2.pyi
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+# bench-link / demo knobs: device CPU quota (fraction of one CPU) and uplink rate
+QUOTA ?= 0.1
+RATES ?= 0.5 1 2
+
+.PHONY: all venv protos data test demo bench bench-link bench-load clean
+
+all: test
+
+# The venv is rebuilt only when the declared dependencies change.
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(STAMP)
+
+protos: $(STAMP)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
+
+# Fashion-MNIST from Debian's package when we can install it; otherwise the code
+# falls back to torchvision's download and says what to install when that fails too.
+data:
+	@if [ ! -d $(FMNIST_DIR) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		(apt-get install -y -q dataset-fashion-mnist || \
+		 (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null 2>&1 || \
+		echo "note: apt-get could not install dataset-fashion-mnist"; fi
+
+test: $(STAMP) data
+	$(PY) -m pytest -q tests
+
+demo: $(STAMP) data
+	$(PY) -m device.demo
+
+bench: $(STAMP) data
+	$(PY) -m bench.runtime
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
