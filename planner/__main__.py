@@ -1,0 +1,42 @@
+"""`coinfer-plan`: one entry point; each subcommand lives in the module named in the table."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+# subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
+# `func(args) -> int` as its default. Tables, not branches.
+SUBCOMMAND_MODULES = (
+    "planner.train_cli",     # train, evaluate
+    "planner.db_cli",        # db import / export / list
+    "planner.search_cli",    # search, frontier
+    "planner.profile_cli",   # profile
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coinfer-plan", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name != name:
+                raise
+            continue  # not built yet
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
