@@ -1,0 +1,67 @@
+"""`coinfer-cloud serve`: the cloud daemon (shared/CONTRACTS.md)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from cloud.server import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig, serve
+from planner.models import model_names
+
+
+def parse_hw(text: str) -> tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2 or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected a size like 224 or 240x320, got {text!r}")
+    return parts[0], parts[1]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coinfer-cloud", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    s = sub.add_parser("serve", help="serve collaborative inference over gRPC")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
+    s.add_argument("--model", default="fmnist-vgg", help=f"one of {', '.join(model_names())}")
+    s.add_argument("--weights", help="state dict file (default: the model's shipped weights)")
+    s.add_argument("--num-classes", type=int, help="classifier width of --weights")
+    s.add_argument("--artifact", action="append", default=[], metavar="FILE",
+                   help="fine-tuned scheme artifact to serve (repeatable)")
+    s.add_argument("--input-size", type=parse_hw, help="image size HxW (default: the model's)")
+    s.add_argument("--workers", type=int, default=8, help="RPC handler threads")
+    s.add_argument("--max-concurrent-rpcs", type=int, default=64,
+                   help="concurrent calls beyond this get RESOURCE_EXHAUSTED")
+    s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    s.add_argument("--profile-repeats", type=int, default=3,
+                   help="tail timing repeats per partition at start-up (0 skips)")
+    s.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM, seconds")
+    s.add_argument("--threads", type=int, help="torch intra-op threads")
+    s.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cfg = ServerConfig(host=args.host, port=args.port, model=args.model, weights=args.weights,
+                       num_classes=args.num_classes, artifacts=tuple(args.artifact),
+                       input_hw=args.input_size, max_workers=args.workers,
+                       max_concurrent_rpcs=args.max_concurrent_rpcs,
+                       max_message_bytes=args.max_message_bytes,
+                       profile_repeats=args.profile_repeats, grace_s=args.grace_s,
+                       torch_threads=args.threads)
+    try:
+        return serve(cfg)
+    except (ValueError, OSError) as e:
+        print(f"coinfer-cloud: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""The cloud's work in plain Python: decode a frame, run the tail, answer.
+
+The gRPC servicer (cloud/servicer.py) only converts messages and maps exceptions.
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Callable
+
+import numpy as np
+import torch
+
+from cloud.errors import ArtifactMismatchError, MissingInputError, UnknownPartitionError
+from device import codec
+from planner.models import SplitCNN, UnknownModelError, partition_shapes
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+def software_version() -> str:
+    try:
+        return metadata.version("opt-coinfer")
+    except metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of `fn` over `repeats` runs after `warmup` runs; 0.0 when repeats is 0."""
+    if repeats <= 0:
+        return 0.0
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@dataclass
+class ServedModel:
+    """One model this server runs, with its fine-tuned artifacts and measured tail times."""
+
+    name: str
+    model: SplitCNN
+    artifacts: dict[str, object] = field(default_factory=dict)  # sha256 -> planner.artifact.Artifact
+    input_hw: tuple[int, int] = (0, 0)          # image size the partition table is for
+    tail_s: list[float] = field(default_factory=list)  # median tail seconds per partition
+    full_model_s: float = 0.0                   # median whole-network seconds (cloud-only)
+
+    def shapes(self, net: SplitCNN) -> list[tuple[int, int, int]]:
+        """(C, H, W) per partition of `net` (the unmodified model or an artifact's)."""
+        return partition_shapes(net.spec, self.input_hw)
+
+    @torch.inference_mode()
+    def measure(self, repeats: int) -> None:
+        """Tail seconds per partition and full-model seconds on this machine."""
+        c_in = self.model.spec.in_channels
+        image = torch.zeros(1, c_in, *self.input_hw)
+        self.full_model_s = median_seconds(lambda: self.model(image), repeats)
+        self.tail_s = []
+        for p, (c, h, w) in enumerate(self.shapes(self.model)):
+            fm = torch.zeros(1, c, h, w)
+            self.tail_s.append(median_seconds(lambda: self.model.tail(fm, p), repeats))
+
+    def info(self) -> pb.ModelInfo:
+        parts = [
+            pb.Partition(index=p.index, channels=c, height=h, width=w, after_pooling=p.after_pooling,
+                         cloud_tail_s=self.tail_s[p.index] if self.tail_s else 0.0)
+            for p, (c, h, w) in zip(self.model.partitions, self.shapes(self.model))
+        ]
+        arts = [pb.ArtifactInfo(sha256=sha, scheme=str(a.scheme), channel_indices=list(a.channel_indices))
+                for sha, a in self.artifacts.items()]
+        return pb.ModelInfo(name=self.name, num_classes=self.model.num_classes,
+                            input_shape=[self.model.spec.in_channels, *self.input_hw],
+                            partitions=parts, cloud_full_model_s=self.full_model_s, artifacts=arts)
+
+
+class Engine:
+    """Runs requests against the served models. Thread-safe: models are only read."""
+
+    def __init__(self, models: list[ServedModel], max_message_bytes: int):
+        self.models = {m.name: m for m in models}
+        self.max_message_bytes = max_message_bytes
+
+    def model(self, name: str) -> ServedModel:
+        if name not in self.models:
+            raise UnknownModelError(
+                f"model: {name!r} is not served here; served: {', '.join(sorted(self.models))}")
+        return self.models[name]
+
+    def server_info(self) -> pb.ServerInfo:
+        return pb.ServerInfo(version=software_version(), max_message_bytes=self.max_message_bytes,
+                             models=[m.info() for m in self.models.values()])
+
+    def _network(self, served: ServedModel, artifact_sha256: str, partition: int) -> SplitCNN:
+        """The network that must run the tail: the unmodified one or the named artifact's."""
+        if not artifact_sha256:
+            return served.model
+        art = served.artifacts.get(artifact_sha256)
+        if art is None:
+            held = ", ".join(served.artifacts) or "none"
+            raise ArtifactMismatchError(
+                f"feature map was made with artifact {artifact_sha256}, but this server holds "
+                f"{held} for {served.name}; start both sides with the same --artifact")
+        if partition != art.scheme.partition:
+            raise UnknownPartitionError(
+                f"feature_map.partition: artifact {artifact_sha256[:12]} is cut at "
+                f"{art.scheme.partition}, got {partition}")
+        return art.model
+
+    @torch.inference_mode()
+    def infer(self, req: pb.InferRequest, received_bytes: int) -> pb.InferResponse:
+        served = self.model(req.model)
+        kind = req.WhichOneof("input")
+        t0 = time.perf_counter()
+        if kind == "feature_map":
+            enc = codec.feature_map_from_proto(req.feature_map)
+            p = enc.partition
+            net = self._network(served, req.artifact_sha256, p)
+            if p >= len(net.partitions):
+                raise UnknownPartitionError(
+                    f"feature_map.partition: expected 0..{len(net.partitions) - 1} for "
+                    f"{served.name}, got {p}")
+            c, h, w = served.shapes(net)[p]
+            fm = codec.decode_feature_map(enc, total_channels=c, height=h, width=w)
+            x = torch.from_numpy(fm).unsqueeze(0)             # (1, C_p, H_p, W_p) float32
+            t1 = time.perf_counter()
+            logits = net.tail(x, p)[0]
+        elif kind == "image":
+            if req.artifact_sha256:
+                raise ArtifactMismatchError(
+                    f"cloud-only runs the unmodified model; got artifact {req.artifact_sha256}")
+            shape = (served.model.spec.in_channels, *served.input_hw)
+            img = codec.decode_image(req.image, shape)        # (C, H, W) uint8
+            x = served.model.preprocess(torch.from_numpy(img).unsqueeze(0))
+            t1 = time.perf_counter()
+            logits = served.model(x)[0]
+        else:
+            raise MissingInputError("input: expected a feature_map or an image, got neither")
+        t2 = time.perf_counter()
+        scores = logits.float().numpy()
+        return pb.InferResponse(request_id=req.request_id, logits=scores.tolist(),
+                                top1=int(np.argmax(scores)), decode_s=t1 - t0, tail_s=t2 - t1,
+                                received_bytes=received_bytes)
+
+
+def probe(req: pb.ProbeRequest, receive_ns: int, max_response_bytes: int = 1 << 20) -> pb.ProbeResponse:
+    if req.response_bytes > max_response_bytes:
+        raise codec.CodecError("response_bytes",
+                               f"expected at most {max_response_bytes} bytes, got {req.response_bytes}")
+    return pb.ProbeResponse(payload=bytes(req.response_bytes), received_bytes=len(req.payload),
+                            server_receive_ns=receive_ns, server_send_ns=time.time_ns())

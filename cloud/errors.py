@@ -1,0 +1,46 @@
+"""Failures of the cloud side, each mapped to one gRPC status code in one table."""
+from __future__ import annotations
+
+import grpc
+
+from device.codec import CodecError
+from planner.models import UnknownModelError
+
+
+class CloudError(Exception):
+    """Base of the cloud's own failures."""
+
+
+class UnknownPartitionError(CloudError):
+    """A partition index the served model does not have."""
+
+
+class ArtifactMismatchError(CloudError):
+    """The device ran a different fine-tuned artifact than any this server holds."""
+
+
+class MissingInputError(CloudError):
+    """A request with neither a feature map nor an image."""
+
+
+class ShuttingDownError(CloudError):
+    """The server is draining and takes no new work."""
+
+
+# exception class -> status code; the servicer consults only this table.
+STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
+    CodecError: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownPartitionError: grpc.StatusCode.INVALID_ARGUMENT,
+    MissingInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    UnknownModelError: grpc.StatusCode.NOT_FOUND,
+    ArtifactMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
+    ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+def status_for(exc: BaseException) -> grpc.StatusCode | None:
+    """The status code of a known failure, or None for an internal error."""
+    for cls in type(exc).__mro__:
+        if cls in STATUS_OF:
+            return STATUS_OF[cls]
+    return None

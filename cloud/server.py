@@ -1,0 +1,126 @@
+"""Build, start and run the cloud daemon."""
+from __future__ import annotations
+
+import ipaddress
+import logging
+import signal
+import sys
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+
+import grpc
+import torch
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from cloud.engine import Engine, ServedModel
+from cloud.servicer import CoInferServicer
+from planner.models import build_model
+from protos.coinfer.v1 import coinfer_pb2 as pb
+from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInfer"].full_name  # "coinfer.v1.CoInfer"
+# Large enough for the lossless float32 path of vgg16_bn at 224x224 (partition 0:
+# 64 x 224 x 224 x 4 B = 12.8 MB) with headroom; anything larger is RESOURCE_EXHAUSTED.
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 0                        # 0 picks a free port
+    model: str = "fmnist-vgg"
+    weights: str | None = None           # state dict; None = the model's shipped default
+    num_classes: int | None = None       # classifier width when weights have another head
+    artifacts: tuple[str, ...] = ()      # fine-tuned scheme artifacts to serve
+    input_hw: tuple[int, int] | None = None  # image size (H, W); None = the model's default
+    max_workers: int = 8                 # RPC handler threads
+    max_concurrent_rpcs: int = 64        # beyond this, RESOURCE_EXHAUSTED
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    profile_repeats: int = 3             # tail timing repeats at start-up; 0 skips (reports 0)
+    grace_s: float = 5.0                 # drain time on SIGTERM, seconds
+    torch_threads: int | None = None     # intra-op threads for torch; None = torch default
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes)]
+
+
+def load_served_model(cfg: ServerConfig) -> ServedModel:
+    model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+    served = ServedModel(name=cfg.model, model=model, input_hw=cfg.input_hw or model.spec.input_hw)
+    if cfg.artifacts:
+        from planner.artifact import load_artifact
+        for path in cfg.artifacts:
+            art = load_artifact(path)
+            if art.model.spec.name != cfg.model:
+                raise ValueError(f"artifact {path} is for {art.model.spec.name}, not {cfg.model}")
+            served.artifacts[art.sha256] = art
+    served.measure(cfg.profile_repeats)
+    return served
+
+
+@dataclass
+class RunningServer:
+    server: grpc.Server
+    port: int
+    servicer: CoInferServicer
+    health: health.HealthServicer
+
+    def drain_and_stop(self, grace_s: float) -> None:
+        """Health NOT_SERVING, refuse new work, let in-flight calls finish, stop."""
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.servicer.draining.set()
+        self.server.stop(grace_s).wait()
+
+
+def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="coinfer-rpc"),
+        options=channel_options(cfg.max_message_bytes),
+        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+    servicer = CoInferServicer(engine)
+    pb_grpc.add_CoInferServicer_to_server(servicer, server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME), server)
+    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    if port == 0:
+        raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
+    server.start()
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return RunningServer(server, port, servicer, health_servicer)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(cfg: ServerConfig) -> int:
+    """Load, serve until SIGTERM/SIGINT, drain, exit 0."""
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    engine = Engine([load_served_model(cfg)], cfg.max_message_bytes)
+    running = start_server(cfg, engine)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
+    print(f"listening on {host}:{running.port}", flush=True)
+    stop.wait()
+    log.info("signal received; draining for up to %.1f s", cfg.grace_s)
+    running.drain_and_stop(cfg.grace_s)
+    return 0

@@ -1,0 +1,138 @@
+"""The device's work in plain Python: run the head, encode, ask the cloud, time it all."""
+from __future__ import annotations
+
+import itertools
+import os
+import statistics
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+from device import codec
+from device.client import CloudClient
+from planner.models import SplitCNN, kept_channels
+from planner.scheme import Mode, Scheme
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+
+@dataclass(frozen=True)
+class FrameResult:
+    """One image's outcome and its latency breakdown (seconds, bytes)."""
+
+    request_id: str
+    scheme: str              # `P:C:B` or a single-end name, as run
+    top1: int                # predicted class
+    label: int | None        # true class when known
+    head_s: float            # device compute: head (or whole net for device-only)
+    encode_s: float          # device: quantize + pack + zstd (or image compression)
+    wire_bytes: int          # application bytes sent to the cloud (serialized request)
+    rtt_s: float             # send to answer, as seen by the device
+    decode_s: float          # cloud: decompress + dequantize (from the answer)
+    tail_s: float            # cloud: tail compute (from the answer)
+    total_s: float           # end to end on the device
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class DeviceRunner:
+    """Runs one model on the device under one scheme; the cloud does the rest."""
+
+    def __init__(self, model: SplitCNN, model_name: str, client: CloudClient | None,
+                 codec_cfg: codec.CodecConfig = codec.CodecConfig(), artifact=None):
+        self.model = model
+        self.model_name = model_name
+        self.client = client
+        self.codec_cfg = codec_cfg
+        self.artifact = artifact           # planner.artifact.Artifact or None
+        self._ids = itertools.count()
+        self._id_prefix = uuid.uuid4().hex[:12]
+        self._kept: dict[tuple[int, int], np.ndarray] = {}
+
+    def new_request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def network_for(self, scheme: Scheme) -> SplitCNN:
+        if self.artifact is not None and scheme.is_split:
+            if scheme != self.artifact.scheme:
+                raise ValueError(f"--scheme {scheme} differs from the artifact's {self.artifact.scheme}")
+            return self.artifact.model
+        return self.model
+
+    def kept(self, scheme: Scheme) -> np.ndarray | None:
+        """Wire channel indices: None (all of the artifact's pruned conv) or the kept subset."""
+        if self.artifact is not None:
+            return None
+        key = (scheme.partition, scheme.channels)
+        if key not in self._kept:
+            self._kept[key] = np.asarray(kept_channels(self.model, *key), dtype=np.uint32)
+        return self._kept[key]
+
+    @torch.inference_mode()
+    def prepare(self, scheme: Scheme, image: np.ndarray, lossless: bool = False
+                ) -> tuple[pb.InferRequest | None, np.ndarray | None, float, float]:
+        """(C, H, W) uint8 image -> (request or None, local logits or None, head_s, encode_s)."""
+        t0 = time.perf_counter()
+        if scheme.mode is Mode.CLOUD_ONLY:
+            msg = codec.encode_image(image, self.codec_cfg)
+            req = pb.InferRequest(request_id=self.new_request_id(), model=self.model_name, image=msg)
+            return req, None, 0.0, time.perf_counter() - t0
+        x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0))
+        if scheme.mode is Mode.DEVICE_ONLY:
+            logits = self.model(x)[0].numpy()
+            return None, logits, time.perf_counter() - t0, 0.0
+        net = self.network_for(scheme)
+        fm = net.head(x, scheme.partition)[0].numpy()            # (C_p, H_p, W_p) float32
+        t1 = time.perf_counter()
+        enc = codec.encode_feature_map(fm, scheme.partition, self.kept(scheme),
+                                       None if lossless else scheme.bits, self.codec_cfg)
+        req = pb.InferRequest(request_id=self.new_request_id(), model=self.model_name,
+                              artifact_sha256=self.artifact.sha256 if self.artifact else "",
+                              feature_map=codec.feature_map_to_proto(enc))
+        return req, None, t1 - t0, time.perf_counter() - t1
+
+    def run(self, scheme: Scheme, image: np.ndarray, label: int | None = None,
+            lossless: bool = False) -> FrameResult:
+        """One image end to end (unary call)."""
+        t0 = time.perf_counter()
+        req, logits, head_s, encode_s = self.prepare(scheme, image, lossless)
+        if req is None:
+            return FrameResult(self.new_request_id(), str(scheme), int(np.argmax(logits)), label,
+                               head_s, encode_s, 0, 0.0, 0.0, 0.0, time.perf_counter() - t0)
+        if self.client is None:
+            raise ValueError(f"scheme {scheme} needs a cloud (--cloud HOST:PORT)")
+        resp, rtt = self.client.infer(req)
+        return FrameResult(req.request_id, str(scheme), int(resp.top1), label, head_s, encode_s,
+                           req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0)
+
+
+def summarize(results: Sequence[FrameResult]) -> dict:
+    """The contract's `coinfer-device infer --json` summary."""
+    counts = Counter(r.scheme for r in results)
+    lat = np.array([r.total_s for r in results]) if results else np.zeros(0)
+    labelled = [r for r in results if r.label is not None]
+    acc = (sum(r.top1 == r.label for r in labelled) / len(labelled)) if labelled else None
+
+    def mean(attr: str) -> float:
+        return float(statistics.fmean(getattr(r, attr) for r in results)) if results else 0.0
+
+    return {
+        "scheme": counts.most_common(1)[0][0] if counts else None,
+        "scheme_counts": dict(counts),
+        "images": len(results),
+        "top1_accuracy": acc,
+        "latency_s": {"p50": float(np.percentile(lat, 50)) if len(lat) else None,
+                      "p90": float(np.percentile(lat, 90)) if len(lat) else None,
+                      "mean": float(lat.mean()) if len(lat) else None},
+        "wire_bytes_mean": mean("wire_bytes"),
+        "head_s_mean": mean("head_s"),
+        "encode_s_mean": mean("encode_s"),
+        "rtt_s_mean": mean("rtt_s"),
+        "decode_s_mean": mean("decode_s"),
+        "tail_s_mean": mean("tail_s"),
+    }
