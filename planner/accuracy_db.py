@@ -270,3 +270,61 @@ def export_seed(db: AccuracyDB, path: str | os.PathLike, model: str, dataset: st
 def format_error(e: float) -> str:
     """Shortest decimal that reads back as the same float (0.182, not 0.18200000000000002)."""
     return repr(float(e))
+
+
+# -- a read-only view over several files ---------------------------------------------------
+@dataclass(frozen=True)
+class AccuracyView:
+    """Scheme -> top-1 error merged from several files, and the base error they share."""
+
+    errors: dict[Scheme, float]   # split schemes only; a later file overrides an earlier one
+    base_error: float             # unmodified model's top-1 error, fraction
+    sources: tuple[str, ...]      # the files read, in order
+
+    def loss(self, scheme: Scheme) -> float:
+        return self.errors[scheme] - self.base_error
+
+
+def load_view(paths: list[str | os.PathLike], model: str, dataset: str | None,
+              base_error: float | None = None) -> AccuracyView:
+    """Merge seed text files and SQLite databases for one model and dataset.
+
+    A scheme recorded in several files takes the value of the last file given (within a
+    seed file, its last occurrence; within SQLite, its newest row). The base error is the
+    newest BASE_SCHEME row of the last SQLite file that has one, else `base_error` (for
+    seed files: the profile's base_top1_error).
+    """
+    errors: dict[Scheme, float] = {}
+    db_base: float | None = None
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise AccuracyDBError(f"accuracy database {str(path)!r} does not exist")
+        if is_seed_text(path):
+            errors.update(read_seed(path))
+            continue
+        with AccuracyDB(path) as db:
+            if dataset is None:
+                sets = sorted({d for m, d in db.pairs() if m == model})
+                if len(sets) != 1:
+                    raise AccuracyDBError(
+                        f"{path}: expected one dataset for model {model!r}, got {sets}; name it")
+                ds = sets[0]
+            else:
+                ds = dataset
+            latest = db.latest(model, ds)
+            if not latest:
+                raise AccuracyDBError(
+                    f"{path}: expected rows for model {model!r} and dataset {ds!r}, "
+                    f"got only {db.pairs()}")
+        for scheme, rec in latest.items():
+            if scheme == BASE_SCHEME:
+                db_base = rec.top1_error
+            else:
+                errors[Scheme.parse(scheme)] = rec.top1_error
+    base = db_base if db_base is not None else base_error
+    if base is None:
+        raise AccuracyDBError(
+            "expected a base error (a SQLite row with scheme 'unmodified' or the profile's "
+            "base_top1_error), got none")
+    return AccuracyView(errors, float(base), tuple(str(p) for p in paths))

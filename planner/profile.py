@@ -1,0 +1,180 @@
+"""Latency profiles: what a model costs on the device and in the cloud, per partition point.
+
+One loader, `load_profile`, reads both
+- the seed's format (shared/seed/vgg16_bn_stanford_cars.profile.json): model, dataset,
+  base_top1_error, input.cloud_only_upload_bytes, device/cloud full_model_s and, per
+  partition, conv_channels, after_pooling, height, width, device_head_s, cloud_tail_s;
+- the project's format (`"format": "opt-coinfer-profile/1"`, written by `save_profile`):
+  the same fields plus optional `rtt_s`, a `codec` table (zstd ratio and encode/decode
+  seconds per (partition, bits)), side-data bytes and a `measured` block saying where
+  and how it was measured.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROJECT_FORMAT = "opt-coinfer-profile/1"
+
+
+class ProfileError(ValueError):
+    """A profile file that does not hold what the latency model needs."""
+
+
+@dataclass(frozen=True)
+class PartitionProfile:
+    """Partition point P: the cut after conv P (after its max-pooling, if any)."""
+
+    index: int              # P, 0-based conv index
+    conv_channels: int      # output channels of conv P (the most C can be)
+    after_pooling: bool     # the cut is after the max-pooling that follows conv P
+    height: int             # feature-map height at the cut, values
+    width: int              # feature-map width at the cut, values
+    device_head_s: float    # device seconds for the network up to and including the cut
+    cloud_tail_s: float     # cloud seconds for the rest
+
+
+@dataclass(frozen=True)
+class CodecProfile:
+    """Measured entropy coding of the packed feature map at one (partition, bits)."""
+
+    partition: int          # P
+    bits: int               # B
+    zstd_ratio: float       # compressed bytes / packed bytes, 0 < r (usually <= 1)
+    encode_s: float = 0.0   # device seconds to quantize, pack and compress
+    decode_s: float = 0.0   # cloud seconds to decompress and dequantize
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything the latency model needs about one model on one device-cloud pair."""
+
+    model: str
+    dataset: str | None
+    num_classes: int
+    base_top1_error: float | None            # unmodified model's top-1 error, fraction
+    input_shape: tuple[int, int, int]        # (C, H, W) of the network input
+    cloud_only_upload_bytes: int             # bytes the cloud-only baseline uploads per image
+    device_full_model_s: float               # whole network on the device, s
+    cloud_full_model_s: float                # whole network in the cloud, s
+    partitions: tuple[PartitionProfile, ...]
+    device_hardware: str = ""
+    cloud_hardware: str = ""
+    bandwidths_mbps: tuple[float, ...] = ()  # bandwidths the scenario is studied at
+    rtt_s: float | None = None               # measured round-trip time, s
+    codec: tuple[CodecProfile, ...] = ()     # measured zstd per (P, B); empty: none
+    side_bytes_per_channel: int = 0          # per-channel quantization side data, bytes
+    header_bytes: int = 0                    # fixed per-message overhead, bytes
+    measured: dict[str, Any] = field(default_factory=dict, compare=False)  # host, repeats...
+
+    def __post_init__(self) -> None:
+        if not self.partitions:
+            raise ProfileError("expected at least one partition, got none")
+        for i, p in enumerate(self.partitions):
+            if p.index != i:
+                raise ProfileError(f"expected partitions in order 0..n-1, got index {p.index} at {i}")
+
+    def partition(self, p: int) -> PartitionProfile:
+        if not 0 <= p < len(self.partitions):
+            raise ProfileError(f"expected partition P in 0..{len(self.partitions) - 1}, got {p}")
+        return self.partitions[p]
+
+    def codec_entry(self, p: int, bits: int) -> CodecProfile | None:
+        for c in self.codec:
+            if c.partition == p and c.bits == bits:
+                return c
+        return None
+
+
+def _req(d: dict, key: str, where: str) -> Any:
+    if key not in d:
+        raise ProfileError(f"{where}: expected key {key!r}, got keys {sorted(d)}")
+    return d[key]
+
+
+def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
+    """Build a Profile from the seed's or the project's JSON object."""
+    fmt = d.get("format")
+    if fmt is not None and fmt != PROJECT_FORMAT:
+        raise ProfileError(f"{where}: expected format {PROJECT_FORMAT!r} or none (seed), got {fmt!r}")
+    inp = _req(d, "input", where)
+    dev = _req(d, "device", where)
+    cloud = _req(d, "cloud", where)
+    parts = tuple(
+        PartitionProfile(index=int(_req(p, "index", where)), conv_channels=int(_req(p, "conv_channels", where)),
+                         after_pooling=bool(_req(p, "after_pooling", where)),
+                         height=int(_req(p, "height", where)), width=int(_req(p, "width", where)),
+                         device_head_s=float(_req(p, "device_head_s", where)),
+                         cloud_tail_s=float(_req(p, "cloud_tail_s", where)))
+        for p in _req(d, "partitions", where))
+    codec = tuple(
+        CodecProfile(partition=int(c["partition"]), bits=int(c["bits"]), zstd_ratio=float(c["zstd_ratio"]),
+                     encode_s=float(c.get("encode_s", 0.0)), decode_s=float(c.get("decode_s", 0.0)))
+        for c in d.get("codec", ()))
+    for c in codec:
+        if not (c.zstd_ratio > 0 and math.isfinite(c.zstd_ratio)):
+            raise ProfileError(f"{where}: expected zstd_ratio > 0, got {c.zstd_ratio} at {c.partition}:{c.bits}")
+    base = d.get("base_top1_error")
+    rtt = d.get("rtt_s")
+    return Profile(
+        model=str(_req(d, "model", where)), dataset=d.get("dataset"),
+        num_classes=int(d.get("num_classes", 0)),
+        base_top1_error=None if base is None else float(base),
+        input_shape=tuple(int(x) for x in _req(inp, "shape", where)),
+        cloud_only_upload_bytes=int(_req(inp, "cloud_only_upload_bytes", where)),
+        device_full_model_s=float(_req(dev, "full_model_s", where)),
+        cloud_full_model_s=float(_req(cloud, "full_model_s", where)),
+        partitions=parts, device_hardware=str(dev.get("hardware", "")),
+        cloud_hardware=str(cloud.get("hardware", "")),
+        bandwidths_mbps=tuple(float(b) for b in d.get("bandwidths_mbps", ())),
+        rtt_s=None if rtt is None else float(rtt), codec=codec,
+        side_bytes_per_channel=int(d.get("side_bytes_per_channel", 0)),
+        header_bytes=int(d.get("header_bytes", 0)), measured=dict(d.get("measured", {})))
+
+
+def load_profile(path: str | os.PathLike) -> Profile:
+    """Read a profile JSON file in the seed's or the project's format."""
+    path = Path(path)
+    try:
+        d = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"profile {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"expected JSON in profile {str(path)!r}, got: {e}") from e
+    if not isinstance(d, dict):
+        raise ProfileError(f"expected a JSON object in {str(path)!r}, got {type(d).__name__}")
+    return profile_from_dict(d, str(path))
+
+
+def profile_to_dict(p: Profile) -> dict:
+    """The project's JSON object for a profile (a superset of the seed's fields)."""
+    return {
+        "format": PROJECT_FORMAT,
+        "model": p.model, "dataset": p.dataset, "num_classes": p.num_classes,
+        "base_top1_error": p.base_top1_error,
+        "input": {"shape": list(p.input_shape), "cloud_only_upload_bytes": p.cloud_only_upload_bytes},
+        "device": {"hardware": p.device_hardware, "full_model_s": p.device_full_model_s},
+        "cloud": {"hardware": p.cloud_hardware, "full_model_s": p.cloud_full_model_s},
+        "bandwidths_mbps": list(p.bandwidths_mbps),
+        "rtt_s": p.rtt_s,
+        "side_bytes_per_channel": p.side_bytes_per_channel,
+        "header_bytes": p.header_bytes,
+        "partitions": [
+            {"index": q.index, "conv_channels": q.conv_channels, "after_pooling": q.after_pooling,
+             "height": q.height, "width": q.width, "device_head_s": q.device_head_s,
+             "cloud_tail_s": q.cloud_tail_s} for q in p.partitions],
+        "codec": [{"partition": c.partition, "bits": c.bits, "zstd_ratio": c.zstd_ratio,
+                   "encode_s": c.encode_s, "decode_s": c.decode_s} for c in p.codec],
+        "measured": p.measured,
+    }
+
+
+def save_profile(p: Profile, path: str | os.PathLike) -> None:
+    """Write a profile in the project's format (readable by `load_profile`)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(profile_to_dict(p), indent=1) + "\n")
