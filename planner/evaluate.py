@@ -1,0 +1,273 @@
+"""Scheme evaluation: prune, quantize at the cut, fine-tune, test, record.
+
+For a scheme `P:C:B` the network keeps the C most important output channels of conv P
+(importance: L1 norm of the conv filter with its BN folded in, |gamma| / sqrt(var + eps)
+times the filter's L1 norm), drops the others from conv P, its BN and the next layer's
+inputs, and puts a B-bit fake quantizer at the cut whose forward is exactly the codec's
+math (per sample and channel min/max, uniform levels) and whose backward is the identity
+(straight-through). It is fine-tuned from the trained weights for E epochs (fractions
+allowed) and tested on the full test split; the row goes to the accuracy database and the
+fine-tuned weights to a scheme artifact (planner.artifact).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from planner.accuracy_db import BASE_SCHEME, AccuracyDB, AccuracyRecord
+from planner.artifact import conv_widths, save_artifact, scheme_spec
+from planner.models import (ModelSpec, SplitCNN, WeightsError, build_model, default_weights_path,
+                            file_sha256, get_spec)
+from planner.scheme import Scheme, SchemeError
+from planner.train import (FINETUNE_CONFIG, TrainConfig, fit, load_dataset, model_dataset,
+                           predict_logits, top1_error)
+
+log = logging.getLogger(__name__)
+
+DB_DIR = Path(__file__).resolve().parent / "db"
+ARTIFACT_DIR = Path("runs") / "artifacts"  # relative to the working directory; git-ignored
+GRID_CHANNELS: tuple[int | None, ...] = (1, 2, 4, 8, 16, None)  # None: all channels of conv P
+GRID_BITS: tuple[int, ...] = (1, 2, 4, 8)
+
+
+def default_db_path(model_name: str) -> Path:
+    """The model's shipped accuracy database, planner/db/<model>.sqlite."""
+    return DB_DIR / f"{model_name}.sqlite"
+
+
+# -- the fake quantizer ---------------------------------------------------------------------
+def quantize_dequantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """(N, C, H, W) float -> same, after the codec's uniform B-bit round trip.
+
+    Per sample and channel: lo = min, hi = max, levels = 2**B - 1, scale = (hi - lo) / levels
+    (0 for a constant channel), code = clip(round((x - lo) / scale), 0, levels),
+    x' = lo + code * scale. Computed in float32.
+    """
+    x = x.float()
+    levels = 2 ** bits - 1
+    lo = x.amin(dim=(2, 3), keepdim=True)                      # (N, C, 1, 1)
+    hi = x.amax(dim=(2, 3), keepdim=True)
+    scale = (hi - lo) / levels
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    code = torch.where(scale > 0, torch.round((x - lo) / safe), torch.zeros_like(x)).clamp_(0, levels)
+    return lo + code * scale
+
+
+class _StraightThrough(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, bits: int) -> torch.Tensor:  # noqa: D401
+        return quantize_dequantize(x, bits)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad, None
+
+
+def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """`quantize_dequantize` forward, identity gradient (straight-through estimator)."""
+    return _StraightThrough.apply(x, bits)
+
+
+class SchemeNet(nn.Module):
+    """Normalised input -> logits through head(P), the B-bit fake quantizer, tail(P)."""
+
+    def __init__(self, model: SplitCNN, scheme: Scheme):
+        super().__init__()
+        self.model = model
+        self.partition = scheme.partition
+        self.bits = scheme.bits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fm = self.model.head(x, self.partition)                     # (N, C, H_p, W_p)
+        return self.model.tail(fake_quantize(fm, self.bits), self.partition)
+
+
+# -- pruning -----------------------------------------------------------------------------------
+def conv_feature_indices(spec: ModelSpec) -> list[int]:
+    """Index into `features` of each conv (torchvision make_layers(batch_norm=True) layout)."""
+    out, pos = [], 0
+    for v in spec.cfg:
+        if v == "M":
+            pos += 1
+        else:
+            out.append(pos)
+            pos += 3  # conv, bn, relu
+    return out
+
+
+def channel_importance(model: SplitCNN, partition: int) -> torch.Tensor:
+    """(C_p,) importance of conv P's output channels: L1 norm of the BN-folded filter."""
+    k = conv_feature_indices(model.spec)[partition]
+    conv: nn.Conv2d = model.features[k]
+    bn: nn.BatchNorm2d = model.features[k + 1]
+    gain = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
+    return gain * conv.weight.detach().abs().sum(dim=(1, 2, 3))
+
+
+def select_channels(model: SplitCNN, partition: int, channels: int) -> tuple[int, ...]:
+    """The `channels` most important channels of conv P, ascending original indices."""
+    imp = channel_importance(model, partition)
+    if not 1 <= channels <= imp.numel():
+        raise SchemeError(f"expected channels C in 1..{imp.numel()} for partition {partition} "
+                          f"of {model.spec.name}, got {channels}")
+    # stable sort: ties keep the lower index, so the choice is deterministic
+    order = torch.sort(imp, descending=True, stable=True).indices[:channels]
+    return tuple(sorted(int(i) for i in order))
+
+
+def prune_state_dict(model: SplitCNN, partition: int, keep: Sequence[int]) -> dict[str, torch.Tensor]:
+    """State dict of `model` with conv P's outputs (and the next layer's inputs) cut to `keep`."""
+    spec = model.spec
+    idx = torch.tensor(list(keep), dtype=torch.long)
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    convs = conv_feature_indices(spec)
+    k = convs[partition]
+    for name in ("weight", "bias"):
+        sd[f"features.{k}.{name}"] = sd[f"features.{k}.{name}"][idx]
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        sd[f"features.{k + 1}.{name}"] = sd[f"features.{k + 1}.{name}"][idx]
+    if partition + 1 < len(convs):  # next conv's input channels
+        key = f"features.{convs[partition + 1]}.weight"
+        sd[key] = sd[key][:, idx]
+    else:  # first classifier Linear: inputs are the flattened (C, pool_h, pool_w) map
+        w = sd["classifier.0.weight"]                                   # (out, C_p * ph * pw)
+        cells = spec.pool_hw[0] * spec.pool_hw[1]
+        sd["classifier.0.weight"] = w.view(w.shape[0], -1, cells)[:, idx].reshape(w.shape[0], -1)
+    return sd
+
+
+def pruned_model(model: SplitCNN, scheme: Scheme) -> tuple[SplitCNN, tuple[int, ...]]:
+    """A SplitCNN whose partition P keeps the scheme's C most important channels of `model`."""
+    keep = select_channels(model, scheme.partition, scheme.channels)
+    net = SplitCNN(scheme_spec(model.spec, scheme.partition, scheme.channels), model.num_classes)
+    net.load_state_dict(prune_state_dict(model, scheme.partition, keep), strict=True)
+    return net.eval(), keep
+
+
+# -- evaluation ---------------------------------------------------------------------------------
+def recipe_name(finetune_epochs: float, seed: int, train_limit: int | None = None,
+                test_limit: int | None = None) -> str:
+    """Recipe key of a fine-tune, e.g. `ft0.25-seed0` (subsets appended: `-train512-test256`)."""
+    name = f"ft{finetune_epochs:g}-seed{seed}"
+    if train_limit is not None:
+        name += f"-train{train_limit}"
+    if test_limit is not None:
+        name += f"-test{test_limit}"
+    return name
+
+
+def base_recipe(weights_sha256: str, test_limit: int | None = None) -> str:
+    """Recipe key of the unmodified model's row: the trained weights it was tested with."""
+    return f"weights-{weights_sha256[:12]}" + (f"-test{test_limit}" if test_limit is not None else "")
+
+
+def _model_weights(model_name: str, weights: str | Path | None) -> Path:
+    path = Path(weights) if weights is not None else default_weights_path(get_spec(model_name))
+    if path is None or not path.is_file():
+        raise WeightsError(f"no trained weights for {model_name}; run `coinfer-plan train --model "
+                           f"{model_name}` or pass weights")
+    return path
+
+
+def ensure_base_record(model_name: str, db: AccuracyDB, test_limit: int | None = None,
+                       weights: str | Path | None = None, progress: bool = True) -> AccuracyRecord:
+    """The unmodified model's row for these weights and test set, evaluated if absent."""
+    dataset = model_dataset(model_name)
+    path = _model_weights(model_name, weights)
+    recipe = base_recipe(file_sha256(path), test_limit)
+    rec = db.get(model_name, dataset, BASE_SCHEME, recipe)
+    if rec is not None:
+        return rec
+    t0 = time.perf_counter()
+    model = build_model(model_name, weights=path)
+    x_test, y_test = load_dataset(dataset, "test", test_limit)
+    err = top1_error(predict_logits(model, model.preprocess, x_test, progress=progress,
+                                    desc=f"test {model_name}"), y_test)
+    rec = AccuracyRecord(model_name, dataset, BASE_SCHEME, recipe, err, int(x_test.shape[0]),
+                         time.perf_counter() - t0)
+    db.upsert(rec)
+    return db.get(model_name, dataset, BASE_SCHEME, recipe) or rec
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """What one evaluation produced, besides its database row."""
+
+    record: AccuracyRecord
+    base_error: float
+    accuracy_loss: float
+    channel_indices: tuple[int, ...]
+    finetune_s: float
+    test_s: float
+    logits: torch.Tensor       # (N_test, K) float32
+
+
+def evaluate(model_name: str, scheme: Scheme, finetune_epochs: float, db: AccuracyDB,
+             seed: int = 0, train_limit: int | None = None, test_limit: int | None = None,
+             artifact_dir: str | Path | None = None, *, save: bool = True,
+             weights: str | Path | None = None, progress: bool = True,
+             finetune: TrainConfig = FINETUNE_CONFIG) -> Evaluation:
+    """Build, fine-tune and test `scheme`; record its row (and artifact when `save`)."""
+    if not scheme.is_split:
+        raise SchemeError(f"expected a P:C:B scheme to evaluate, got {scheme}")
+    if finetune_epochs < 0:
+        raise ValueError(f"expected finetune_epochs >= 0, got {finetune_epochs}")
+    t0 = time.perf_counter()
+    dataset = model_dataset(model_name)
+    base = ensure_base_record(model_name, db, test_limit, weights, progress)
+    model = build_model(model_name, weights=_model_weights(model_name, weights))
+    pruned, keep = pruned_model(model, scheme)
+    net = SchemeNet(pruned, scheme)
+    recipe = recipe_name(finetune_epochs, seed, train_limit, test_limit)
+    finetune_s = 0.0
+    if finetune_epochs > 0:
+        x_train, y_train = load_dataset(dataset, "train", train_limit)
+        cfg = dataclasses.replace(finetune, epochs=finetune_epochs, seed=seed, train_limit=train_limit)
+        finetune_s = fit(net, pruned.preprocess, x_train, y_train, cfg,
+                         desc=f"fine-tune {scheme}", progress=progress)
+    t1 = time.perf_counter()
+    x_test, y_test = load_dataset(dataset, "test", test_limit)
+    logits = predict_logits(net, pruned.preprocess, x_test, progress=progress, desc=f"test {scheme}")
+    err = top1_error(logits, y_test)
+    test_s = time.perf_counter() - t1
+    art_path = art_sha = None
+    if save:
+        directory = Path(artifact_dir) if artifact_dir is not None else ARTIFACT_DIR
+        art_path = directory / f"{model_name}_{scheme.partition}-{scheme.channels}-{scheme.bits}_{recipe}.pt"
+        art_sha = save_artifact(art_path, model_name, scheme, keep, recipe, pruned.state_dict())
+        art_path = str(art_path.resolve())
+    rec = AccuracyRecord(model_name, dataset, str(scheme), recipe, err, int(x_test.shape[0]),
+                         time.perf_counter() - t0, art_path, art_sha)
+    db.upsert(rec)
+    return Evaluation(record=rec, base_error=base.top1_error, accuracy_loss=err - base.top1_error,
+                      channel_indices=keep, finetune_s=finetune_s, test_s=test_s, logits=logits)
+
+
+def evaluate_scheme(model_name: str, scheme: Scheme, finetune_epochs: float, db: AccuracyDB,
+                    seed: int = 0, train_limit: int | None = None, test_limit: int | None = None,
+                    artifact_dir: str | Path | None = None) -> AccuracyRecord:
+    """Evaluate a `P:C:B` scheme, record its row and write its artifact; returns the row.
+
+    Accuracy loss is `row.top1_error - db.base_error(model, dataset)`; the unmodified
+    model's row (BASE_SCHEME) is evaluated first when the database lacks it.
+    """
+    return evaluate(model_name, scheme, finetune_epochs, db, seed, train_limit, test_limit,
+                    artifact_dir).record
+
+
+def grid_schemes(model_name: str, channels: Sequence[int | None] = GRID_CHANNELS,
+                 bits: Sequence[int] = GRID_BITS) -> list[Scheme]:
+    """Every partition x C (None: all channels; C above the width is dropped) x B."""
+    widths = conv_widths(get_spec(model_name))
+    out: list[Scheme] = []
+    for p, width in enumerate(widths):
+        cs = sorted({width if c is None else c for c in channels if c is None or c <= width})
+        out += [Scheme.split(p, c, b) for c in cs for b in bits]
+    return out

@@ -1,0 +1,152 @@
+"""`coinfer-plan train`, `evaluate` and `evaluate-grid`: thin adapters over planner.train/evaluate."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from planner.models import model_names
+from planner.scheme import Scheme
+from planner.train import TrainConfig, train_model, train_record
+
+_DEFAULTS = TrainConfig()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("train", help="train a registry model on its dataset (CPU)",
+                              description="Train a model from scratch with a fixed seed and save "
+                                          "its state dict, plus a JSON record (sha256, command, accuracy).")
+    p.add_argument("--model", required=True, choices=model_names())
+    p.add_argument("--epochs", type=float, default=_DEFAULTS.epochs, help="passes over the training set")
+    p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
+    p.add_argument("--lr", type=float, default=_DEFAULTS.lr, help="peak learning rate")
+    p.add_argument("--threads", type=int, default=_DEFAULTS.threads, help="torch CPU threads")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training images only")
+    p.add_argument("--test-limit", type=int, default=None, help="first N test images only")
+    p.add_argument("--out", type=Path, default=None,
+                   help="state dict file (default: planner/weights/<model>.pt)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+    p.set_defaults(func=_train)
+
+    e = subparsers.add_parser("evaluate", help="build, fine-tune, test and record one P:C:B scheme",
+                              description="Prune conv P to its C most important channels, quantize the "
+                                          "cut to B bits, fine-tune, test on the full test split, record "
+                                          "the row in the accuracy database and save the scheme artifact.")
+    _common_eval_args(e)
+    e.add_argument("--scheme", required=True, type=Scheme.parse, help="P:C:B, e.g. 2:16:4")
+    e.add_argument("--artifact-dir", type=Path, default=None,
+                   help="where the scheme artifact goes (default: runs/artifacts)")
+    e.set_defaults(func=_evaluate)
+
+    g = subparsers.add_parser("evaluate-grid", help="evaluate a grid of schemes into the accuracy database",
+                              description="Every partition x C x B (plus the unmodified model), "
+                                          "skipping rows the database already holds for the recipe.")
+    _common_eval_args(g)
+    g.add_argument("--channels", default="1,2,4,8,16,all", help="comma-separated C values; 'all' = full width")
+    g.add_argument("--bits", default="1,2,4,8", help="comma-separated B values")
+    g.add_argument("--partitions", default=None, help="comma-separated P values (default: every partition)")
+    g.add_argument("--artifact-dir", type=Path, default=None,
+                   help="save each scheme's artifact there (default: none saved, the row's artifact is null)")
+    g.add_argument("--force", action="store_true", help="re-evaluate rows already present")
+    g.set_defaults(func=_evaluate_grid)
+
+
+def _train(args: argparse.Namespace) -> int:
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
+                      threads=args.threads, train_limit=args.train_limit)
+    result = train_model(args.model, cfg, out=args.out, test_limit=args.test_limit,
+                         progress=not args.no_progress)
+    record = train_record(result)
+    record_path = result.weights_path.with_suffix(".json")
+    record_path.write_text(json.dumps(record, indent=2) + "\n")
+    print(f"{result.model}: top-1 accuracy {result.top1_accuracy:.4f} on {result.test_size} test images, "
+          f"{result.seconds:.0f} s; weights {result.weights_path} sha256 {result.sha256}")
+    if args.json:
+        print(json.dumps(record))
+    return 0
+
+
+def _common_eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, choices=model_names())
+    p.add_argument("--finetune-epochs", type=float, default=0.25,
+                   help="fine-tune passes over the training set (fractions allowed; 0: none)")
+    p.add_argument("--db", type=Path, default=None,
+                   help="accuracy database (default: the model's shipped planner/db/<model>.sqlite)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--weights", type=Path, default=None, help="trained state dict (default: the shipped one)")
+    p.add_argument("--train-limit", type=int, default=None, help="fine-tune on the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+
+
+def _open_db(args: argparse.Namespace):
+    from planner.accuracy_db import AccuracyDB
+    from planner.evaluate import default_db_path
+    return AccuracyDB(args.db if args.db is not None else default_db_path(args.model))
+
+
+def _evaluation_json(ev) -> dict:
+    rec = ev.record
+    return {"scheme": rec.scheme, "top1_error": rec.top1_error, "accuracy_loss": ev.accuracy_loss,
+            "seconds": round(rec.seconds, 3), "base_error": ev.base_error, "model": rec.model,
+            "dataset": rec.dataset, "recipe": rec.recipe, "test_size": rec.test_size,
+            "channel_indices": list(ev.channel_indices), "finetune_s": round(ev.finetune_s, 3),
+            "test_s": round(ev.test_s, 3), "artifact_path": rec.artifact_path,
+            "artifact_sha256": rec.artifact_sha256}
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from planner.evaluate import evaluate
+    with _open_db(args) as db:
+        ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
+                      train_limit=args.train_limit, test_limit=args.test_limit,
+                      artifact_dir=args.artifact_dir, weights=args.weights,
+                      progress=not args.no_progress)
+        db_path = db.path
+    rec = ev.record
+    print(f"{rec.model} {rec.scheme} ({rec.recipe}): top-1 error {rec.top1_error:.4f}, "
+          f"accuracy loss {ev.accuracy_loss:+.4f} (base {ev.base_error:.4f}) on {rec.test_size} images, "
+          f"{rec.seconds:.1f} s; recorded in {db_path}; artifact {rec.artifact_path}")
+    if args.json:
+        print(json.dumps(_evaluation_json(ev)))
+    return 0
+
+
+def _int_list(text: str, name: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise SystemExit(f"coinfer-plan: expected comma-separated integers for {name}, got {text!r}") from None
+
+
+def _evaluate_grid(args: argparse.Namespace) -> int:
+    from planner.evaluate import ensure_base_record, evaluate, grid_schemes, recipe_name
+    channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
+    schemes = grid_schemes(args.model, channels, _int_list(args.bits, "--bits"))
+    if args.partitions is not None:
+        keep = set(_int_list(args.partitions, "--partitions"))
+        schemes = [s for s in schemes if s.partition in keep]
+    recipe = recipe_name(args.finetune_epochs, args.seed, args.train_limit, args.test_limit)
+    rows = []
+    with _open_db(args) as db:
+        base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress)
+        dataset = base.dataset
+        todo = [s for s in schemes if args.force or db.get(args.model, dataset, str(s), recipe) is None]
+        print(f"{args.model}: {len(schemes)} schemes, {len(schemes) - len(todo)} already in {db.path} "
+              f"for recipe {recipe}; evaluating {len(todo)}; base error {base.top1_error:.4f}", flush=True)
+        for i, scheme in enumerate(todo, 1):
+            ev = evaluate(args.model, scheme, args.finetune_epochs, db, seed=args.seed,
+                          train_limit=args.train_limit, test_limit=args.test_limit,
+                          artifact_dir=args.artifact_dir, save=args.artifact_dir is not None,
+                          weights=args.weights, progress=not args.no_progress)
+            rows.append(_evaluation_json(ev))
+            print(f"[{i}/{len(todo)}] {scheme}: top-1 error {ev.record.top1_error:.4f} "
+                  f"loss {ev.accuracy_loss:+.4f} {ev.record.seconds:.1f} s", flush=True)
+    if args.json:
+        print(json.dumps({"model": args.model, "recipe": recipe, "evaluated": len(rows),
+                          "skipped": len(schemes) - len(todo), "base_error": base.top1_error,
+                          "seconds": round(sum(r["seconds"] for r in rows), 1), "rows": rows}))
+    return 0
