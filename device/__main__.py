@@ -7,6 +7,7 @@ import logging
 import sys
 
 import grpc
+import torch
 
 from device import codec
 from device.client import ClientConfig, CloudClient
@@ -30,6 +31,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="P:C:B, device-only, cloud-only or auto (default device-only)")
     p.add_argument("--zstd-level", type=int, default=codec.CodecConfig().zstd_level)
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline per call, seconds")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch intra-op threads on the device (default 1, as on a small device)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -69,6 +72,7 @@ def run_infer(args: argparse.Namespace) -> int:
     scheme = Scheme.parse(args.scheme)
     if bool(args.images) == bool(args.dataset):
         raise InputError("give either --dataset NAME or IMAGE files, not both or neither")
+    torch.set_num_threads(args.threads)
     artifact = None
     if args.artifact:
         from planner.artifact import load_artifact

@@ -64,7 +64,7 @@ def test_lossless_split_equals_device_only(client, model, images):
     runner = DeviceRunner(model, "fmnist-vgg", client)
     for p in range(len(model.partitions)):
         s = Scheme.split(p, model.partitions[p].channels, 8)
-        for img, label in zip(*images):
+        for img in images[0][:6]:
             req, _, _, _ = runner.prepare(s, img, lossless=True)
             resp, _ = client.infer(req)
             with torch.inference_mode():
