@@ -178,3 +178,78 @@ def save_profile(p: Profile, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(profile_to_dict(p), indent=1) + "\n")
+
+
+# -- measuring on this machine ---------------------------------------------------------------
+@dataclass(frozen=True)
+class MeasureConfig:
+    warmup: int = 2          # untimed runs before each measurement
+    repeats: int = 7         # timed runs; the median is kept
+    batch: int = 1           # images per forward pass
+    threads: int | None = None   # torch intra-op threads (None: torch's default)
+
+
+def _median_s(fn, cfg: MeasureConfig) -> float:
+    import statistics
+    import time
+    for _ in range(cfg.warmup):
+        fn()
+    times = []
+    for _ in range(cfg.repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def measure_profile(model_name: str, cfg: MeasureConfig = MeasureConfig(), weights: str | None = None,
+                    num_classes: int | None = None, base_top1_error: float | None = None,
+                    progress: bool = False) -> Profile:
+    """Time head and tail per partition, and the full model, on this machine (CPU).
+
+    This machine plays both ends: `device_head_s` and `cloud_tail_s` are both measured
+    here; the live profiler replaces the cloud figures with the server's own.
+    `cloud_only_upload_bytes` is the raw uint8 input (C*H*W), as in the seed.
+    """
+    import platform
+
+    import torch
+
+    from planner.models import build_model, partition_shapes
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    model = build_model(model_name, num_classes=num_classes, weights=weights)
+    spec = model.spec
+    h, w = spec.input_hw
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (cfg.batch, spec.in_channels, h, w), dtype=torch.uint8, generator=gen)
+    shapes = partition_shapes(spec)
+    parts = []
+    iterator = range(len(model.partitions))
+    if progress:
+        from tqdm import tqdm
+        iterator = tqdm(iterator, desc=f"profile {model_name}", unit="partition")
+    with torch.inference_mode():
+        x = model.preprocess(images)                                  # (N, C, H, W) float32
+        full_s = _median_s(lambda: model(model.preprocess(images)), cfg)
+        for p in iterator:
+            fm = model.head(x, p)                                     # (N, C_p, H_p, W_p)
+            head_s = _median_s(lambda: model.head(model.preprocess(images), p), cfg)
+            tail_s = _median_s(lambda: model.tail(fm, p), cfg)
+            c, fh, fw = shapes[p]
+            assert tuple(fm.shape[1:]) == (c, fh, fw), (fm.shape, shapes[p])
+            part = model.partitions[p]
+            parts.append(PartitionProfile(index=p, conv_channels=c, after_pooling=part.after_pooling,
+                                          height=fh, width=fw, device_head_s=head_s / cfg.batch,
+                                          cloud_tail_s=tail_s / cfg.batch))
+    host = f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})"
+    return Profile(
+        model=model_name, dataset=spec.dataset, num_classes=model.num_classes,
+        base_top1_error=base_top1_error, input_shape=(spec.in_channels, h, w),
+        cloud_only_upload_bytes=spec.in_channels * h * w,
+        device_full_model_s=full_s / cfg.batch, cloud_full_model_s=full_s / cfg.batch,
+        partitions=tuple(parts), device_hardware=host, cloud_hardware=host,
+        measured={"host": host, "torch": torch.__version__, "threads": torch.get_num_threads(),
+                  "warmup": cfg.warmup, "repeats": cfg.repeats, "batch": cfg.batch,
+                  "statistic": "median", "clock": "time.perf_counter"})
