@@ -41,6 +41,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tail timing repeats per partition at start-up (0 skips)")
     s.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM, seconds")
     s.add_argument("--threads", type=int, help="torch intra-op threads")
+    s.add_argument("--max-inflight-bytes", type=int, default=1 << 30,
+                   help="memory reserved by calls in progress; beyond it RESOURCE_EXHAUSTED")
+    s.add_argument("--tls-cert", metavar="FILE", help="PEM server certificate; enables TLS with --tls-key")
+    s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    s.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA for client certificates (mutual TLS)")
+    s.add_argument("--token-file", metavar="FILE", help="file with the bearer token calls must carry")
     s.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -55,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                        max_message_bytes=args.max_message_bytes,
                        profile_repeats=args.profile_repeats, grace_s=args.grace_s,
-                       torch_threads=args.threads)
+                       torch_threads=args.threads, max_inflight_bytes=args.max_inflight_bytes,
+                       tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
+                       token_file=args.token_file)
     try:
         return serve(cfg)
     except (ValueError, OSError) as e:

@@ -14,7 +14,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from cloud.errors import ArtifactMismatchError, MissingInputError, UnknownPartitionError
+from cloud.errors import (ArtifactMismatchError, DeadlineExpiredError, MissingInputError,
+                          UnknownPartitionError)
+from cloud.limits import AnswerCache, InflightBudget
 from device import codec
 from planner.models import SplitCNN, UnknownModelError, partition_shapes
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -85,9 +87,37 @@ class ServedModel:
 class Engine:
     """Runs requests against the served models. Thread-safe: models are only read."""
 
-    def __init__(self, models: list[ServedModel], max_message_bytes: int):
+    def __init__(self, models: list[ServedModel], max_message_bytes: int,
+                 max_inflight_bytes: int = 1 << 30, answer_cache: int = 4096):
         self.models = {m.name: m for m in models}
         self.max_message_bytes = max_message_bytes
+        self.budget = InflightBudget(max_inflight_bytes)
+        self.answers = AnswerCache(answer_cache)
+
+    def handle(self, req: pb.InferRequest, received_bytes: int,
+               time_remaining_s: float | None = None) -> pb.InferResponse:
+        """Admission (memory bound, deadline), then `infer`; answers are idempotent by id."""
+        cached = self.answers.get(req.request_id)
+        if cached is not None:
+            return cached
+        served = self.model(req.model)
+        with self.budget.reserve(self.cost_bytes(served, req, received_bytes)):
+            if time_remaining_s is not None and time_remaining_s <= 0:
+                raise DeadlineExpiredError("deadline passed before the request was started")
+            response = self.infer(req, received_bytes)
+        self.answers.put(req.request_id, response)
+        return response
+
+    @staticmethod
+    def cost_bytes(served: ServedModel, req: pb.InferRequest, received_bytes: int) -> int:
+        """Memory a request may need, from the served shapes (never from its own fields)."""
+        if req.WhichOneof("input") == "image":
+            c, (h, w) = served.model.spec.in_channels, served.input_hw
+            return received_bytes + 5 * c * h * w               # uint8 image + float32 input
+        shapes = served.shapes(served.model)
+        p = req.feature_map.partition
+        c, h, w = shapes[p] if p < len(shapes) else (0, 0, 0)
+        return 2 * received_bytes + 9 * c * h * w               # codes + float32 map + zeros fill
 
     def model(self, name: str) -> ServedModel:
         if name not in self.models:

@@ -27,6 +27,14 @@ class ShuttingDownError(CloudError):
     """The server is draining and takes no new work."""
 
 
+class OverloadedError(CloudError):
+    """Over the configured bound on in-flight memory."""
+
+
+class DeadlineExpiredError(CloudError):
+    """The caller's deadline passed before the work could start."""
+
+
 # exception class -> status code; the servicer consults only this table.
 STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     CodecError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -35,6 +43,8 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
     ArtifactMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 

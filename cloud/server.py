@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 
@@ -15,6 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.engine import Engine, ServedModel
+from cloud.security import SecurityConfigError, TokenInterceptor, read_token, server_credentials
 from cloud.servicer import CoInferServicer
 from planner.models import build_model
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -43,6 +45,11 @@ class ServerConfig:
     profile_repeats: int = 3             # tail timing repeats at start-up; 0 skips (reports 0)
     grace_s: float = 5.0                 # drain time on SIGTERM, seconds
     torch_threads: int | None = None     # intra-op threads for torch; None = torch default
+    max_inflight_bytes: int = 1 << 30    # memory reserved by calls in progress; beyond, RESOURCE_EXHAUSTED
+    tls_cert: str | None = None          # PEM server certificate (chain); with tls_key enables TLS
+    tls_key: str | None = None           # PEM private key of tls_cert
+    tls_client_ca: str | None = None     # PEM CA that client certificates must chain to (mTLS)
+    token_file: str | None = None        # file holding the bearer token every call must carry
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -72,16 +79,33 @@ class RunningServer:
     health: health.HealthServicer
 
     def drain_and_stop(self, grace_s: float) -> None:
-        """Health NOT_SERVING, refuse new work, let in-flight calls finish, stop."""
+        """Health NOT_SERVING, new work UNAVAILABLE, in-flight calls finish, then stop."""
+        t0 = time.monotonic()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         self.servicer.draining.set()
-        self.server.stop(grace_s).wait()
+        self.servicer.engine.budget.wait_idle(grace_s)
+        self.server.stop(max(0.0, grace_s - (time.monotonic() - t0))).wait()
+
+
+def check_security(cfg: ServerConfig) -> None:
+    """Refuse half-configured TLS; warn when serving beyond loopback in the clear."""
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise SecurityConfigError("--tls-cert and --tls-key must be given together")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+    if not cfg.tls_cert and not is_loopback(cfg.host):
+        log.warning("serving on %s without TLS: feature maps, answers and any bearer token travel "
+                    "in the clear and can be read or altered on the network; use --tls-cert/--tls-key",
+                    cfg.host)
 
 
 def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
+    check_security(cfg)
+    interceptors = [TokenInterceptor(read_token(cfg.token_file))] if cfg.token_file else []
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="coinfer-rpc"),
+        interceptors=interceptors,
         options=channel_options(cfg.max_message_bytes),
         maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
     servicer = CoInferServicer(engine)
@@ -91,7 +115,12 @@ def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
          reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(f"{cfg.host}:{cfg.port}")
+    address = f"{cfg.host}:{cfg.port}"
+    if cfg.tls_cert:
+        port = server.add_secure_port(
+            address, server_credentials(cfg.tls_cert, cfg.tls_key, cfg.tls_client_ca))
+    else:
+        port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
     server.start()
@@ -113,7 +142,8 @@ def serve(cfg: ServerConfig) -> int:
     """Load, serve until SIGTERM/SIGINT, drain, exit 0."""
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    engine = Engine([load_served_model(cfg)], cfg.max_message_bytes)
+    check_security(cfg)
+    engine = Engine([load_served_model(cfg)], cfg.max_message_bytes, cfg.max_inflight_bytes)
     running = start_server(cfg, engine)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

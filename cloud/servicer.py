@@ -38,12 +38,16 @@ class CoInferServicer(pb_grpc.CoInferServicer):
     def GetServerInfo(self, request, context):
         return self._call(context, self.engine.server_info)
 
+    def _handle(self, request: pb.InferRequest, context: grpc.ServicerContext) -> pb.InferResponse:
+        return self._call(context, lambda: self.engine.handle(
+            request, request.ByteSize(), context.time_remaining()))
+
     def Infer(self, request, context):
-        return self._call(context, lambda: self.engine.infer(request, request.ByteSize()))
+        return self._handle(request, context)
 
     def InferStream(self, request_iterator, context) -> Iterator[pb.InferResponse]:
         for request in request_iterator:
-            yield self._call(context, lambda: self.engine.infer(request, request.ByteSize()))
+            yield self._handle(request, context)
 
     def Probe(self, request, context):
         receive_ns = time.time_ns()

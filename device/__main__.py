@@ -18,7 +18,7 @@ from planner.scheme import Scheme, SchemeError
 
 log = logging.getLogger("coinfer-device")
 
-ROW = "{:>5} {:>10} {:>4} {:>5} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}"
+ROW = "{:>5} {:>11} {:>4} {:>5} {:>9} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9}  {}"
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -31,6 +31,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="P:C:B, device-only, cloud-only or auto (default device-only)")
     p.add_argument("--zstd-level", type=int, default=codec.CodecConfig().zstd_level)
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline per call, seconds")
+    p.add_argument("--tls-ca", metavar="FILE", help="PEM CA of the cloud's certificate; enables TLS")
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM client certificate (mutual TLS)")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
+    p.add_argument("--token-file", metavar="FILE", help="file with the bearer token for the cloud")
     p.add_argument("--threads", type=int, default=1,
                    help="torch intra-op threads on the device (default 1, as on a small device)")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -59,10 +63,11 @@ def print_frame(i: int, r: FrameResult, as_json: bool) -> None:
         return
     if i == 0:
         print(ROW.format("image", "scheme", "pred", "label", "head_s", "encode_s", "bytes",
-                         "rtt_s", "decode_s", "tail_s", "total_s"))
+                         "rtt_s", "decode_s", "tail_s", "total_s", "note"))
     print(ROW.format(i, r.scheme, r.top1, "-" if r.label is None else r.label,
                      f"{r.head_s:.5f}", f"{r.encode_s:.5f}", r.wire_bytes, f"{r.rtt_s:.5f}",
-                     f"{r.decode_s:.5f}", f"{r.tail_s:.5f}", f"{r.total_s:.5f}"), flush=True)
+                     f"{r.decode_s:.5f}", f"{r.tail_s:.5f}", f"{r.total_s:.5f}",
+                     f"fallback ({r.fallback})" if r.fallback else ""), flush=True)
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -84,7 +89,9 @@ def run_infer(args: argparse.Namespace) -> int:
     needs_cloud = scheme != Scheme.parse("device-only")
     if needs_cloud and not args.cloud:
         raise InputError(f"scheme {scheme} needs --cloud HOST:PORT")
-    client = CloudClient(ClientConfig(args.cloud, timeout_s=args.timeout_s)) if needs_cloud else None
+    client = CloudClient(ClientConfig(args.cloud, timeout_s=args.timeout_s, tls_ca=args.tls_ca,
+                                      tls_cert=args.tls_cert, tls_key=args.tls_key,
+                                      token_file=args.token_file)) if needs_cloud else None
     runner = DeviceRunner(model, args.model, client, codec.CodecConfig(args.zstd_level), artifact)
     results = []
     try:

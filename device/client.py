@@ -1,8 +1,10 @@
 """The device's gRPC channel to the cloud: thin calls with explicit limits and deadlines."""
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import grpc
@@ -15,11 +17,24 @@ from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+# gRPC retries UNAVAILABLE itself (exponential backoff with jitter); what still fails
+# after that falls back to device-only in device.runner.
+RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
+    "name": [{"service": "coinfer.v1.CoInfer"}],
+    "retryPolicy": {"maxAttempts": 4, "initialBackoff": "0.05s", "maxBackoff": "0.4s",
+                    "backoffMultiplier": 2, "retryableStatusCodes": ["UNAVAILABLE"]}}]})
+
+
 @dataclass(frozen=True)
 class ClientConfig:
     target: str                          # HOST:PORT of coinfer-cloud
     timeout_s: float = 30.0              # deadline per unary call, seconds
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    tls_ca: str | None = None            # PEM CA that the server certificate must chain to; enables TLS
+    tls_cert: str | None = None          # PEM client certificate for mutual TLS
+    tls_key: str | None = None           # PEM private key of tls_cert
+    token_file: str | None = None        # file holding the bearer token sent with every call
+    reconnect_backoff_max_s: float = 2.0  # cap on reconnect backoff, so a restarted cloud is found soon
 
 
 @dataclass(frozen=True)
@@ -32,10 +47,28 @@ class ProbeResult:
 
 class CloudClient:
     def __init__(self, cfg: ClientConfig):
+        from cloud.security import SecurityConfigError, read_pem, read_token
         self.cfg = cfg
+        backoff_ms = int(cfg.reconnect_backoff_max_s * 1000)
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),
-                ("grpc.max_send_message_length", cfg.max_message_bytes)]
-        self.channel = grpc.insecure_channel(cfg.target, options=opts)
+                ("grpc.max_send_message_length", cfg.max_message_bytes),
+                ("grpc.enable_retries", 1), ("grpc.service_config", RETRY_SERVICE_CONFIG),
+                ("grpc.initial_reconnect_backoff_ms", min(200, backoff_ms)),
+                ("grpc.min_reconnect_backoff_ms", min(200, backoff_ms)),
+                ("grpc.max_reconnect_backoff_ms", backoff_ms)]
+        self.metadata = (("authorization", f"Bearer {read_token(cfg.token_file)}"),) if cfg.token_file else ()
+        if bool(cfg.tls_cert) != bool(cfg.tls_key):
+            raise SecurityConfigError("--tls-cert and --tls-key must be given together")
+        if cfg.tls_cert and not cfg.tls_ca:
+            raise SecurityConfigError("--tls-cert needs --tls-ca (client certificates travel only over TLS)")
+        if cfg.tls_ca:
+            creds = grpc.ssl_channel_credentials(
+                root_certificates=read_pem(cfg.tls_ca, "TLS CA"),
+                private_key=read_pem(cfg.tls_key, "TLS key") if cfg.tls_key else None,
+                certificate_chain=read_pem(cfg.tls_cert, "TLS certificate") if cfg.tls_cert else None)
+            self.channel = grpc.secure_channel(cfg.target, creds, options=opts)
+        else:
+            self.channel = grpc.insecure_channel(cfg.target, options=opts)
         self.stub = pb_grpc.CoInferStub(self.channel)
 
     def close(self) -> None:
@@ -51,23 +84,24 @@ class CloudClient:
         grpc.channel_ready_future(self.channel).result(timeout=timeout_s)
 
     def server_info(self) -> pb.ServerInfo:
-        return self.stub.GetServerInfo(pb.ServerInfoRequest(), timeout=self.cfg.timeout_s)
+        return self.stub.GetServerInfo(pb.ServerInfoRequest(), timeout=self.cfg.timeout_s,
+                                       metadata=self.metadata)
 
     def infer(self, request: pb.InferRequest) -> tuple[pb.InferResponse, float]:
         """One frame; returns the answer and the round trip in seconds."""
         t0 = time.perf_counter()
-        response = self.stub.Infer(request, timeout=self.cfg.timeout_s)
+        response = self.stub.Infer(request, timeout=self.cfg.timeout_s, metadata=self.metadata)
         return response, time.perf_counter() - t0
 
     def infer_stream(self, requests: Iterable[pb.InferRequest],
                      timeout_s: float | None = None) -> Iterator[pb.InferResponse]:
         """Pipelined frames; answers carry their frame's request_id."""
-        return self.stub.InferStream(iter(requests), timeout=timeout_s)
+        return self.stub.InferStream(iter(requests), timeout=timeout_s, metadata=self.metadata)
 
     def probe(self, up_bytes: int, down_bytes: int) -> ProbeResult:
         request = pb.ProbeRequest(payload=bytes(up_bytes), response_bytes=down_bytes)
         t0 = time.perf_counter()
-        response = self.stub.Probe(request, timeout=self.cfg.timeout_s)
+        response = self.stub.Probe(request, timeout=self.cfg.timeout_s, metadata=self.metadata)
         rtt = time.perf_counter() - t0
         server_s = max(0, response.server_send_ns - response.server_receive_ns) / 1e9
         return ProbeResult(up_bytes, len(response.payload), rtt, server_s)

@@ -1,6 +1,7 @@
 """The device's work in plain Python: run the head, encode, ask the cloud, time it all."""
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import statistics
@@ -10,13 +11,19 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import grpc
 import numpy as np
 import torch
 
 from device import codec
 from device.client import CloudClient
 from planner.models import SplitCNN, kept_channels
-from planner.scheme import Mode, Scheme
+from planner.scheme import DEVICE_ONLY, Mode, Scheme
+
+# The cloud could not answer this frame in time: it runs on the device instead. Any
+# other status (bad request, wrong token, mismatched artifact) is an error, not a fallback.
+FALLBACK_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
+                            grpc.StatusCode.RESOURCE_EXHAUSTED})
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 
@@ -35,6 +42,7 @@ class FrameResult:
     decode_s: float          # cloud: decompress + dequantize (from the answer)
     tail_s: float            # cloud: tail compute (from the answer)
     total_s: float           # end to end on the device
+    fallback: str | None = None  # why this frame ran device-only instead (cloud status), else None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -106,7 +114,14 @@ class DeviceRunner:
                                head_s, encode_s, 0, 0.0, 0.0, 0.0, time.perf_counter() - t0)
         if self.client is None:
             raise ValueError(f"scheme {scheme} needs a cloud (--cloud HOST:PORT)")
-        resp, rtt = self.client.infer(req)
+        try:
+            resp, rtt = self.client.infer(req)
+        except grpc.RpcError as e:
+            if e.code() not in FALLBACK_CODES:
+                raise
+            local = self.run(DEVICE_ONLY, image, label)
+            return dataclasses.replace(local, request_id=req.request_id, total_s=time.perf_counter() - t0,
+                                       fallback=f"{e.code().name}: {e.details()}")
         return FrameResult(req.request_id, str(scheme), int(resp.top1), label, head_s, encode_s,
                            req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0)
 
@@ -130,6 +145,7 @@ def summarize(results: Sequence[FrameResult]) -> dict:
                       "p90": float(np.percentile(lat, 90)) if len(lat) else None,
                       "mean": float(lat.mean()) if len(lat) else None},
         "wire_bytes_mean": mean("wire_bytes"),
+        "fallbacks": sum(r.fallback is not None for r in results),
         "head_s_mean": mean("head_s"),
         "encode_s_mean": mean("encode_s"),
         "rtt_s_mean": mean("rtt_s"),
