@@ -30,8 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="GP / random-search seed (default 0)")
     p.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.BAYES.value,
                    help="bayes (default), or the exhaustive / random baselines")
-    p.add_argument("--noise-margin", type=float, default=0.0, metavar="E",
-                   help="error slack in the monotonicity bounds (default 0: strict)")
+    p.add_argument("--noise-margin", type=float, default=SearchConfig.noise_margin, metavar="E",
+                   help="error slack in the monotonicity bounds (default %(default)s; 0: strict)")
     p.add_argument("--finetune-epochs", type=float, default=0.25,
                    help="--space full: fine-tune epochs per new evaluation (default 0.25)")
     p.add_argument("--record-db", metavar="FILE",
