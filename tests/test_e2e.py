@@ -157,12 +157,23 @@ def _mutations():
         ("payload one byte long", lambda r: setattr(r.feature_map, "payload", zc.compress(decompressed(r) + b"\0")), INVALID),
         ("corrupt zstd", payload(lambda p: p[:4] + bytes(b ^ 0xFF for b in p[4:])), INVALID),
         ("truncated zstd", payload(lambda p: p[: len(p) // 2]), INVALID),
+        ("zstd frame declaring a huge size", payload(lambda p: _huge_frame()), INVALID),
         ("NaN scale", fm(scales=[float("nan")] * 8), INVALID),
+        ("Inf scale", fm(scales=[float("inf")] * 8), INVALID),
+        ("Inf offset", fm(offsets=[float("-inf")] * 8), INVALID),
         ("absurd channels", fm(channels=10**9), INVALID),
+        ("absurd height", fm(height=10**9), INVALID),
+        ("encoding unspecified", fm(encoding=0), INVALID),
         ("unknown model", lambda r: setattr(r, "model", "resnet-9000"), NOT_FOUND),
         ("unknown artifact", lambda r: setattr(r, "artifact_sha256", "ab" * 32), PRECOND),
         ("empty message", lambda r: r.Clear(), INVALID),
     ]
+
+
+def _huge_frame() -> bytes:
+    """A valid zstd frame whose header declares 4 GiB of content."""
+    cobj = zstandard.ZstdCompressor(write_content_size=True).compressobj(size=4 << 30)
+    return cobj.compress(bytes(1024)) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
 
 
 MUTATIONS = _mutations()
