@@ -43,5 +43,8 @@ demo: $(STAMP) data
 bench: $(STAMP) data
 	$(PY) -m bench.runtime
 
+bench-load: $(STAMP) data
+	$(PY) -m bench.load
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
