@@ -17,7 +17,8 @@ import torch
 
 from device import codec
 from device.client import CloudClient
-from planner.models import SplitCNN, kept_channels
+from planner.evaluate import select_channels
+from planner.models import SplitCNN
 from planner.scheme import DEVICE_ONLY, Mode, Scheme
 
 # The cloud could not answer this frame in time: it runs on the device instead. Any
@@ -78,7 +79,7 @@ class DeviceRunner:
             return None
         key = (scheme.partition, scheme.channels)
         if key not in self._kept:
-            self._kept[key] = np.asarray(kept_channels(self.model, *key), dtype=np.uint32)
+            self._kept[key] = np.asarray(select_channels(self.model, *key), dtype=np.uint32)
         return self._kept[key]
 
     @torch.inference_mode()

@@ -249,25 +249,3 @@ def build_model(name: str, num_classes: int | None = None, weights: str | Path |
                     name, WEIGHTS_DIR / spec.default_weights)
     return model.eval()
 
-
-def channel_ranking(model: SplitCNN, p: int) -> torch.Tensor:
-    """Output channels of conv P, most important first: |BN gamma| x L1 norm of the filter.
-
-    The same criterion picks the channels a `P:C:B` scheme keeps, on the unmodified
-    network (device and cloud agree because both derive it from the same weights) and
-    when pruning for fine-tuning.
-    """
-    part = model.partition(p)
-    conv_idx = part.feature_end - (2 if part.after_pooling else 1) - 2
-    conv, bn = model.features[conv_idx], model.features[conv_idx + 1]
-    assert isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d), (conv, bn)
-    score = bn.weight.detach().abs() * conv.weight.detach().abs().sum(dim=(1, 2, 3))
-    return torch.argsort(score, descending=True, stable=True)
-
-
-def kept_channels(model: SplitCNN, p: int, c: int) -> list[int]:
-    """The C channels of conv P a scheme keeps, ascending (wire order)."""
-    width = model.partition(p).channels
-    if not 1 <= c <= width:
-        raise ValueError(f"channels C must be in 1..{width} at partition {p} of {model.spec.name}, got {c}")
-    return sorted(int(i) for i in channel_ranking(model, p)[:c])

@@ -225,7 +225,7 @@ def test_device_cli_json_summary(fmnist_cloud):
 @pytest.mark.parametrize("argv,message", [
     (["--scheme", "1:8"], "P:C:B"),
     (["--scheme", "1:8:9"], "bits B must be in 1..8"),
-    (["--scheme", "1:99:4", "--cloud", "127.0.0.1:1"], "channels C must be in 1..32"),
+    (["--scheme", "1:99:4", "--cloud", "127.0.0.1:1"], "channels C in 1..32"),
     (["--model", "resnet"], "Unknown model 'resnet'"),
     (["--scheme", "cloud-only"], "needs --cloud"),
 ])
