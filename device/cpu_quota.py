@@ -158,6 +158,29 @@ class CpuQuota:
         self.release()
 
 
+def _placement(pid: int, fs_root: Path, proc_root: Path) -> tuple[CgroupLayout, Path, Path]:
+    """(layout, the pid's current cgroup dir, the dir the new group goes in); checks access."""
+    layout = detect_layout(fs_root)
+    rel = current_cgroup(pid, layout, proc_root)
+    home = layout.root / rel.lstrip("/")
+    if layout.version is CgroupVersion.V1:
+        base = home                  # v1: nest below the current group (keeps its limits)
+    else:
+        base = home if rel == "/" else home.parent   # v2: no controllers where processes live
+    if not os.access(base, os.W_OK):
+        why = (f"needs root (running as uid {os.geteuid()})" if os.geteuid() != 0
+               else "the cgroup filesystem is read-only here")
+        raise QuotaUnavailable(f"cannot create a cgroup in {base}: {why}")
+    return layout, home, base
+
+
+def require_cpu_quota(pid: int | None = None, *, fs_root: Path = CGROUP_FS,
+                      proc_root: Path = PROC) -> None:
+    """Raise QuotaUnavailable (with the reason) unless `confine_to_cpu_fraction` can work;
+    cheap, so a CLI can fail before loading its model."""
+    _placement(os.getpid() if pid is None else pid, fs_root, proc_root)
+
+
 def confine_to_cpu_fraction(fraction: float, pid: int | None = None, name: str | None = None,
                             *, fs_root: Path = CGROUP_FS, proc_root: Path = PROC) -> CpuQuota:
     """Put `pid` (default: this process) in a new cgroup limited to `fraction` of one CPU.
@@ -174,17 +197,7 @@ def confine_to_cpu_fraction(fraction: float, pid: int | None = None, name: str |
         raise ValueError(f"expected a cgroup name of letters, digits, '_', '.', '-', got {name!r}")
 
     quota_us, period_us = quota_for(fraction)
-    layout = detect_layout(fs_root)
-    rel = current_cgroup(pid, layout, proc_root)
-    home = layout.root / rel.lstrip("/")
-    if layout.version is CgroupVersion.V1:
-        base = home                  # v1: nest below the current group (keeps its limits)
-    else:
-        base = home if rel == "/" else home.parent   # v2: no controllers where processes live
-    if not os.access(base, os.W_OK):
-        why = (f"needs root (running as uid {os.geteuid()})" if os.geteuid() != 0
-               else "the cgroup filesystem is read-only here")
-        raise QuotaUnavailable(f"cannot create a cgroup in {base}: {why}")
+    layout, home, base = _placement(pid, fs_root, proc_root)
 
     if layout.version is CgroupVersion.V2:
         control = base / "cgroup.subtree_control"

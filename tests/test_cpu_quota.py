@@ -13,7 +13,8 @@ import pytest
 
 from device import cpu_quota
 from device.cpu_quota import (CgroupVersion, QuotaUnavailable, confine_to_cpu_fraction,
-                              current_cgroup, detect_layout, quota_for)
+                              current_cgroup, detect_layout, quota_for,
+                              require_cpu_quota)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -94,6 +95,8 @@ def test_not_root_says_so(tmp_path, monkeypatch):
     proc = _fake_proc(tmp_path, 5, "2:cpu:/\n")
     monkeypatch.setattr(cpu_quota.os, "access", lambda *a, **k: False)
     monkeypatch.setattr(cpu_quota.os, "geteuid", lambda: 1000)
+    with pytest.raises(QuotaUnavailable, match=r"needs root \(running as uid 1000\)"):
+        require_cpu_quota(5, fs_root=fs, proc_root=proc)
     with pytest.raises(QuotaUnavailable, match=r"needs root \(running as uid 1000\)"):
         confine_to_cpu_fraction(0.5, pid=5, fs_root=fs, proc_root=proc)
 
