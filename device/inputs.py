@@ -44,3 +44,45 @@ def file_images(paths: list[str], spec: ModelSpec, input_hw: tuple[int, int]
         except (OSError, UnidentifiedImageError) as e:
             raise InputError(f"image {p!r}: cannot read it ({e})") from e
         yield (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy(), None
+
+
+def dataset_stream(name: str, spec: ModelSpec, input_hw: tuple[int, int], loop: bool,
+                   stop) -> Iterator[tuple[np.ndarray, int | None]]:
+    """The dataset's test images in order, once or round and round until `stop` is set."""
+    while not stop.is_set():
+        for item in dataset_images(name, spec, input_hw, None):
+            if stop.is_set():
+                return
+            yield item
+        if not loop:
+            return
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".pgm", ".ppm")
+
+
+def watch_images(directory: str, spec: ModelSpec, input_hw: tuple[int, int], stop,
+                 poll_s: float = 0.2) -> Iterator[tuple[np.ndarray, None]]:
+    """Image files in `directory`, oldest first, then each new one as it appears."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise InputError(f"--watch {directory!r}: not a directory")
+    seen: set[Path] = set()
+    while not stop.is_set():
+        new = sorted((p for p in root.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p not in seen),
+                     key=lambda p: (p.stat().st_mtime, p.name))
+        for p in new:
+            seen.add(p)
+            yield from file_images([str(p)], spec, input_hw)
+        if not new:
+            stop.wait(poll_s)
+
+
+def stdin_images(spec: ModelSpec, input_hw: tuple[int, int], stop) -> Iterator[tuple[np.ndarray, None]]:
+    """Image paths read from standard input, one a line, until end of input or `stop`."""
+    import sys
+    for line in sys.stdin:
+        if stop.is_set():
+            return
+        if line.strip():
+            yield from file_images([line.strip()], spec, input_hw)

@@ -9,7 +9,7 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import grpc
 import numpy as np
@@ -62,6 +62,8 @@ class DeviceRunner:
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:12]
         self._kept: dict[tuple[int, int], np.ndarray] = {}
+        # called with (request, response, round trip s) for every answered frame (live measurements)
+        self.on_answer: Callable[[pb.InferRequest, pb.InferResponse, float], None] | None = None
 
     def new_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -117,6 +119,8 @@ class DeviceRunner:
             raise ValueError(f"scheme {scheme} needs a cloud (--cloud HOST:PORT)")
         try:
             resp, rtt = self.client.infer(req)
+            if self.on_answer is not None:
+                self.on_answer(req, resp, rtt)
         except grpc.RpcError as e:
             if e.code() not in FALLBACK_CODES:
                 raise

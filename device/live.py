@@ -1,0 +1,295 @@
+"""Live measurements and planning on the device: what it measures, it plans with.
+
+- device head seconds per partition, measured here (one timed pass gives every cut),
+  cached per model, machine and CPU quota;
+- the cloud's tail seconds per partition from its server-info reply;
+- the link's bandwidth and round trip from Probe at start-up, then passively from every
+  inference transfer (bytes over round trip minus cloud compute), smoothed;
+- the zstd ratio per (partition, bits), learned from the frames actually sent.
+
+`LiveState.profile()` turns all of it into a planner Profile (the project's format, which
+`coinfer-plan` reads), and `LivePlanner` runs the planner's search on it, re-planning
+only when the bandwidth estimate leaves a hysteresis band.
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from planner.accuracy_db import AccuracyDB
+from planner.latency import LatencyModel
+from planner.models import SplitCNN, partition_shapes
+from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
+from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Scheme
+from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space,
+                            build_candidates, search)
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opt-coinfer" / "profiles"
+SIDE_BYTES_PER_CHANNEL = 8   # float32 offset + float32 scale per kept channel
+HEADER_BYTES = 48            # request id, model name, shape fields: measured order of magnitude
+
+
+# -- device compute ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DeviceTimes:
+    head_s: tuple[float, ...]    # median seconds from uint8 image to the cut at each P
+    full_model_s: float          # median seconds for the whole network
+    repeats: int
+    cpu_quota: float | None      # fraction of one CPU the process was confined to
+
+
+@torch.inference_mode()
+def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 5,
+                         warmup: int = 1, cpu_quota: float | None = None) -> DeviceTimes:
+    """One timed pass through the network gives the head time of every partition."""
+    ends = {p.feature_end: p.index for p in model.partitions}
+    image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    runs = []
+    for r in range(warmup + repeats):
+        marks = [0.0] * len(model.partitions)
+        t0 = time.perf_counter()
+        x = model.preprocess(image)
+        for i, layer in enumerate(model.features):
+            x = layer(x)
+            if i + 1 in ends:
+                marks[ends[i + 1]] = time.perf_counter() - t0
+        model.classifier(torch.flatten(model.avgpool(x), 1))
+        if r >= warmup:
+            runs.append((marks, time.perf_counter() - t0))
+    heads = tuple(statistics.median(m[p] for m, _ in runs) for p in range(len(model.partitions)))
+    return DeviceTimes(heads, statistics.median(t for _, t in runs), repeats, cpu_quota)
+
+
+def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
+                        cpu_quota: float | None, repeats: int = 5, refresh: bool = False) -> DeviceTimes:
+    """Measured once per model, weights, machine, input size and quota; then read back."""
+    key = json.dumps([model_key, list(input_hw), cpu_quota, platform.node(), platform.machine(),
+                      torch.__version__, torch.get_num_threads()])
+    path = CACHE_DIR / f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file() and not refresh:
+        try:
+            d = json.loads(path.read_text())
+            return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"])
+        except (ValueError, KeyError, TypeError):
+            log.warning("ignoring unreadable device-time cache %s", path)
+    times = measure_device_times(model, input_hw, repeats, cpu_quota=cpu_quota)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "head_s": times.head_s, "full_model_s": times.full_model_s,
+                                    "repeats": times.repeats, "cpu_quota": times.cpu_quota}))
+    except OSError as e:
+        log.warning("cannot cache device times at %s: %s", path, e)
+    return times
+
+
+# -- link --------------------------------------------------------------------------------------
+@dataclass
+class LinkEstimator:
+    """Smoothed uplink bandwidth and round trip (exponentially weighted)."""
+
+    alpha: float = 0.3                 # weight of a new sample
+    min_passive_bytes: int = 1500      # shorter transfers say more about RTT than bandwidth
+    bandwidth_mbps: float | None = None
+    rtt_s: float | None = None
+    samples: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def _mix(self, old: float | None, new: float) -> float:
+        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+
+    def add_rtt(self, rtt_s: float) -> None:
+        with self._lock:
+            self.rtt_s = self._mix(self.rtt_s, max(0.0, rtt_s))
+
+    def add_transfer(self, up_bytes: int, seconds: float) -> None:
+        """`up_bytes` took `seconds` on the wire beyond the base round trip."""
+        if up_bytes <= 0 or seconds <= 0:
+            return
+        mbps = up_bytes * 8 / seconds / 1e6
+        with self._lock:
+            self.bandwidth_mbps = self._mix(self.bandwidth_mbps, mbps)
+            self.samples += 1
+
+    def observe_inference(self, wire_bytes: int, rtt_s: float, server_s: float) -> None:
+        """Passive sample from a frame: bytes over (round trip - cloud compute - base RTT)."""
+        if wire_bytes < self.min_passive_bytes or self.rtt_s is None:
+            return
+        self.add_transfer(wire_bytes, rtt_s - server_s - self.rtt_s)
+
+    def probe(self, client, target_s: float = 0.25, max_bytes: int = 1 << 20) -> None:
+        """Active measurement: base RTT from tiny probes, then probes growing until one
+        takes about `target_s`, so slow and fast links are both measured in bounded time."""
+        rtts = [client.probe(1, 1) for _ in range(3)]
+        base = statistics.median(r.rtt_s - r.server_s for r in rtts)
+        with self._lock:
+            self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base)
+        # never send more than target_s worth at the current estimate
+        nbytes = 2048 if self.bandwidth_mbps is None else int(self.bandwidth_mbps * 1e6 / 8 * target_s)
+        nbytes = max(1024, min(max_bytes, nbytes))
+        while True:
+            r = client.probe(nbytes, 1)
+            wire_s = r.rtt_s - r.server_s - base
+            if wire_s >= target_s or nbytes >= max_bytes:
+                self.add_transfer(nbytes, wire_s)
+                return
+            if wire_s > 0 and nbytes >= 16 * 1024:
+                self.add_transfer(nbytes, wire_s)
+            nbytes = min(max_bytes, nbytes * 4)
+
+
+# -- bytes -------------------------------------------------------------------------------------
+@dataclass
+class ByteRatios:
+    """zstd bytes / packed bytes per (partition, bits), from the frames actually sent."""
+
+    alpha: float = 0.2
+    ratios: dict[tuple[int, int], float] = field(default_factory=dict)
+    image_ratio: float | None = None   # cloud-only: compressed / raw image bytes
+
+    def observe(self, req: pb.InferRequest) -> None:
+        kind = req.WhichOneof("input")
+        if kind == "feature_map":
+            fm = req.feature_map
+            if fm.bits == 0:
+                return   # lossless reference frames are not a scheme
+            packed = math.ceil(fm.channels * fm.height * fm.width * fm.bits / 8)
+            if packed == 0:
+                return
+            key, r = (fm.partition, fm.bits), len(fm.payload) / packed
+            old = self.ratios.get(key)
+            self.ratios[key] = r if old is None else (1 - self.alpha) * old + self.alpha * r
+        elif kind == "image":
+            raw = req.image.channels * req.image.height * req.image.width
+            r = len(req.image.payload) / raw
+            self.image_ratio = r if self.image_ratio is None else (1 - self.alpha) * self.image_ratio + self.alpha * r
+
+
+# -- the live profile --------------------------------------------------------------------------
+@dataclass
+class LiveState:
+    model_name: str
+    model: SplitCNN
+    input_hw: tuple[int, int]
+    device: DeviceTimes
+    server: pb.ModelInfo
+    base_top1_error: float | None
+    link: LinkEstimator = field(default_factory=LinkEstimator)
+    bytes: ByteRatios = field(default_factory=ByteRatios)
+
+    def profile(self) -> Profile:
+        shapes = partition_shapes(self.model.spec, self.input_hw)
+        parts = tuple(
+            PartitionProfile(index=p.index, conv_channels=c, after_pooling=p.after_pooling, height=h, width=w,
+                             device_head_s=self.device.head_s[p.index],
+                             cloud_tail_s=self.server.partitions[p.index].cloud_tail_s)
+            for p, (c, h, w) in zip(self.model.partitions, shapes))
+        raw = self.model.spec.in_channels * self.input_hw[0] * self.input_hw[1]
+        upload = math.ceil(raw * (self.bytes.image_ratio or 1.0)) + HEADER_BYTES
+        codec = tuple(CodecProfile(p, b, r) for (p, b), r in sorted(self.bytes.ratios.items()))
+        return Profile(
+            model=self.model_name, dataset=self.model.spec.dataset, num_classes=self.model.num_classes,
+            base_top1_error=self.base_top1_error, input_shape=(self.model.spec.in_channels, *self.input_hw),
+            cloud_only_upload_bytes=upload, device_full_model_s=self.device.full_model_s,
+            cloud_full_model_s=self.server.cloud_full_model_s, partitions=parts,
+            device_hardware=f"{platform.node()} ({platform.machine()})"
+                            + (f", CPU quota {self.device.cpu_quota:g}" if self.device.cpu_quota else ""),
+            cloud_hardware="coinfer-cloud (server-info)", rtt_s=self.link.rtt_s, codec=codec,
+            side_bytes_per_channel=SIDE_BYTES_PER_CHANNEL, header_bytes=HEADER_BYTES,
+            measured={"bandwidth_mbps": self.link.bandwidth_mbps, "link_samples": self.link.samples,
+                      "device_repeats": self.device.repeats, "source": "coinfer-device live"})
+
+    def write_profile(self, path: str | os.PathLike) -> None:
+        save_profile(self.profile(), path)
+
+
+# -- planning ----------------------------------------------------------------------------------
+class RequirementKind(enum.Enum):
+    LATENCY_RATIO = "latency-ratio"      # latency <= R x best single-end latency
+    MAX_LATENCY_S = "max-latency-s"      # latency <= S seconds
+    MAX_ACCURACY_LOSS = "max-accuracy-loss"  # loss <= A
+
+
+@dataclass(frozen=True)
+class RequirementSpec:
+    kind: RequirementKind
+    value: float
+
+    def build(self, lat: LatencyModel) -> Requirement:
+        return {RequirementKind.LATENCY_RATIO: lambda: Requirement.latency_ratio(self.value, lat.best_single_end()[1]),
+                RequirementKind.MAX_LATENCY_S: lambda: Requirement.latency_s(self.value),
+                RequirementKind.MAX_ACCURACY_LOSS: lambda: Requirement.accuracy_loss(self.value)}[self.kind]()
+
+
+def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe_prefix: str = "ft0-"
+                    ) -> tuple[dict[Scheme, float], float]:
+    """Errors of the schemes this device and cloud can run, and the base error.
+
+    Without fine-tuned artifacts both sides run the unmodified network, which is what an
+    evaluation with no fine-tuning measures (recipe `ft0-...`): only those rows count.
+    """
+    with AccuracyDB(db_path) as db:
+        base = db.base_error(model, dataset)
+        rows = [r for r in db.records(model, dataset)
+                if r.recipe.startswith(recipe_prefix) and r.scheme.count(":") == 2]
+    if base is None:
+        raise ValueError(f"accuracy database {db_path}: no unmodified-model row for {model} on {dataset}")
+    errors: dict[Scheme, float] = {}
+    for r in sorted(rows, key=lambda r: r.created_at):
+        errors[Scheme.parse(r.scheme)] = r.top1_error
+    if not errors:
+        raise ValueError(f"accuracy database {db_path}: no {recipe_prefix}* rows for {model} on {dataset}; "
+                         f"build them with `coinfer-plan evaluate-grid --model {model} --finetune-epochs 0`")
+    return errors, base
+
+
+@dataclass
+class LivePlanner:
+    """Plans with the planner's search; re-plans when bandwidth leaves the hysteresis band."""
+
+    errors: dict[Scheme, float]
+    base_error: float
+    requirement: RequirementSpec
+    hysteresis: float = 0.25          # re-plan when bandwidth moves beyond x(1 +- h) of the planned one
+    seed: int = 0
+    planned_mbps: float | None = None
+    current: SearchResult | None = None
+    plans: int = 0
+
+    def needs_plan(self, bandwidth_mbps: float) -> bool:
+        if self.current is None or self.planned_mbps is None:
+            return True
+        lo, hi = self.planned_mbps / (1 + self.hysteresis), self.planned_mbps * (1 + self.hysteresis)
+        return not lo <= bandwidth_mbps <= hi
+
+    def plan(self, profile: Profile, bandwidth_mbps: float) -> SearchResult:
+        lat = LatencyModel.from_profile(profile, bandwidth_mbps)
+        cands = build_candidates(lat, Space.DB, self.errors)
+        result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
+                        SearchConfig(seed=self.seed))
+        self.current, self.planned_mbps = result, bandwidth_mbps
+        self.plans += 1
+        return result
+
+    def scheme(self) -> Scheme:
+        """The planned scheme; when nothing is feasible, the faster single end."""
+        assert self.current is not None
+        if self.current.scheme is not None:
+            return self.current.scheme
+        return Scheme.parse(self.current.best_single_end)

@@ -1,0 +1,122 @@
+"""A device session: frames in, answers out, with live planning and cloud fail-over.
+
+Frames are processed one at a time, in order; the scheme can change only between frames,
+so none is dropped or run twice. While the cloud is unreachable, frames run device-only
+and a background prober watches for its return; then the planned scheme resumes.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from device.client import CloudClient
+from device.live import LivePlanner, LiveState
+from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
+from planner.scheme import DEVICE_ONLY, Scheme
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionFrame:
+    """A frame's result with what the session knew when it ran it."""
+
+    result: FrameResult
+    planned: str                    # the scheme the planner wanted for this frame
+    bandwidth_mbps: float | None    # current uplink estimate
+    rtt_s: float | None             # current base round-trip estimate
+    replanned: bool = False         # a new plan was made before this frame
+
+    def as_dict(self) -> dict:
+        d = self.result.as_dict()
+        d.update(planned=self.planned, bandwidth_mbps=self.bandwidth_mbps, link_rtt_s=self.rtt_s,
+                 replanned=self.replanned)
+        return d
+
+
+@dataclass
+class LiveSession:
+    runner: DeviceRunner
+    client: CloudClient
+    state: LiveState
+    planner: LivePlanner | None          # None: a fixed scheme
+    fixed: Scheme | None = None
+    probe_interval_s: float = 5.0        # active link probe while the cloud is up
+    down_probe_interval_s: float = 1.0   # reachability probe while it is down
+    cloud_up: bool = True
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _prober: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.runner.on_answer = self._observe
+
+    def _observe(self, req: pb.InferRequest, resp: pb.InferResponse, rtt_s: float) -> None:
+        self.state.bytes.observe(req)
+        self.state.link.observe_inference(req.ByteSize(), rtt_s, resp.decode_s + resp.tail_s)
+
+    # -- probing ------------------------------------------------------------------------------
+    def start(self) -> None:
+        try:
+            self.state.link.probe(self.client)
+        except grpc.RpcError as e:
+            log.warning("cloud unreachable at start (%s); running device-only until it answers", e.code().name)
+            self.cloud_up = False
+        self._prober = threading.Thread(target=self._probe_loop, name="coinfer-prober", daemon=True)
+        self._prober.start()
+
+    def _probe_loop(self) -> None:
+        while not self._stop.wait(self.probe_interval_s if self.cloud_up else self.down_probe_interval_s):
+            try:
+                if self.cloud_up:
+                    self.state.link.probe(self.client, target_s=0.1)
+                else:
+                    self.client.probe(1, 1)
+                    log.info("cloud is back; resuming the planned scheme")
+                    self.cloud_up = True
+            except grpc.RpcError as e:
+                if e.code() in FALLBACK_CODES and self.cloud_up:
+                    log.warning("cloud probe failed (%s)", e.code().name)
+                    self.cloud_up = False
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._prober is not None:
+            self._prober.join(timeout=10)
+
+    # -- frames -------------------------------------------------------------------------------
+    def _planned(self) -> tuple[Scheme, bool]:
+        if self.planner is None:
+            assert self.fixed is not None
+            return self.fixed, False
+        bw = self.state.link.bandwidth_mbps
+        replanned = False
+        if bw is not None and self.planner.needs_plan(bw):
+            before = self.planner.current.scheme if self.planner.current else None
+            result = self.planner.plan(self.state.profile(), bw)
+            replanned = True
+            log.info("planned %s at %.3f Mbps (was %s): predicted %.4f s", result.scheme or result.best_single_end,
+                     bw, before, result.latency_s or float("nan"))
+        if self.planner.current is None:      # no bandwidth known yet (cloud down at start)
+            return DEVICE_ONLY, replanned
+        return self.planner.scheme(), replanned
+
+    def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
+        planned, replanned = self._planned()
+        if planned.is_split or planned == Scheme.parse("cloud-only"):
+            if not self.cloud_up:
+                r = self.runner.run(DEVICE_ONLY, image, label)
+                r = FrameResult(**{**r.as_dict(), "fallback": "cloud unreachable (probing)"})
+            else:
+                r = self.runner.run(planned, image, label)
+                if r.fallback:
+                    self.cloud_up = False
+        else:
+            r = self.runner.run(planned, image, label)
+        return SessionFrame(r, str(planned), self.state.link.bandwidth_mbps, self.state.link.rtt_s, replanned)
