@@ -1,0 +1,137 @@
+"""Live measurement and planning on the device, against a real cloud and a real SQLite file."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from device.client import ClientConfig, CloudClient
+from device.live import (ByteRatios, LinkEstimator, LivePlanner, LiveState, RequirementKind,
+                         RequirementSpec, measure_device_times, runnable_errors)
+from device.runner import DeviceRunner
+from device.session import LiveSession
+from planner.accuracy_db import AccuracyDB
+from planner.evaluate import evaluate
+from planner.models import build_model
+from planner.profile import load_profile
+from planner.scheme import Scheme
+from tests.conftest import REPO
+
+SCHEMES = ["0:4:2", "1:8:4", "3:16:4", "3:64:8", "5:8:2", "5:128:8"]
+
+
+@pytest.fixture(scope="module")
+def live_db(tmp_path_factory):
+    """Real evaluations (no fine-tuning, 300 test images) of a few schemes."""
+    path = tmp_path_factory.mktemp("db") / "live.sqlite"
+    with AccuracyDB(path) as db:
+        for s in SCHEMES:
+            evaluate("fmnist-vgg", Scheme.parse(s), 0, db, test_limit=300, save=False, progress=False)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return build_model("fmnist-vgg")
+
+
+def test_link_estimator_smooths_and_ignores_short_transfers():
+    est = LinkEstimator(alpha=0.5, min_passive_bytes=1500)
+    est.add_rtt(0.010)
+    est.observe_inference(wire_bytes=1000, rtt_s=1.0, server_s=0.0)     # too short: ignored
+    assert est.bandwidth_mbps is None
+    est.observe_inference(wire_bytes=125_000, rtt_s=1.010 + 0.005, server_s=0.005)  # 1 Mbit in 1 s
+    assert est.bandwidth_mbps == pytest.approx(1.0)
+    est.observe_inference(wire_bytes=125_000, rtt_s=0.510 + 0.005, server_s=0.005)  # 2 Mbps sample
+    assert est.bandwidth_mbps == pytest.approx(1.5)                     # halfway at alpha 0.5
+    assert est.samples == 2
+
+
+def test_byte_ratios_follow_the_traffic(model):
+    runner = DeviceRunner(model, "fmnist-vgg", None)
+    from planner.data import load_fashion_mnist
+    img = load_fashion_mnist("test")[0][0].numpy()
+    ratios = ByteRatios(alpha=1.0)
+    req = runner.prepare(Scheme.parse("1:8:4"), img)[0]
+    ratios.observe(req)
+    packed = -(-8 * 14 * 14 * 4 // 8)
+    assert ratios.ratios[(1, 4)] == pytest.approx(len(req.feature_map.payload) / packed)
+    ratios.observe(runner.prepare(Scheme.parse("cloud-only"), img)[0])
+    assert 0 < ratios.image_ratio < 1.5
+
+
+def test_device_times_cover_every_partition(model):
+    t = measure_device_times(model, (28, 28), repeats=3)
+    assert len(t.head_s) == len(model.partitions)
+    assert all(h > 0 for h in t.head_s) and t.full_model_s > 0
+    # the head at the last cut is most of the network: never more than the whole
+    assert t.head_s[-1] <= t.full_model_s * 1.5
+
+
+def test_runnable_errors_keep_only_unmodified_network_rows(live_db, tmp_path):
+    errors, base = runnable_errors(live_db, "fmnist-vgg", "fashion-mnist")
+    assert {str(s) for s in errors} == set(SCHEMES) and 0 <= base <= 1
+    with pytest.raises(ValueError, match="no ft0-\\* rows.*evaluate-grid"):
+        runnable_errors(live_db, "fmnist-vgg", "fashion-mnist", recipe_prefix="ft1-")
+
+
+def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, live_db, model):
+    errors, base = runnable_errors(live_db, "fmnist-vgg", "fashion-mnist")
+    with CloudClient(ClientConfig(fmnist_cloud.address)) as c:
+        info = c.server_info().models[0]
+    # a Raspberry-Pi-class device: ten times this machine's head times
+    dev = measure_device_times(model, (28, 28), repeats=3)
+    from device.live import DeviceTimes
+    slow = DeviceTimes(tuple(10 * h for h in dev.head_s), 10 * dev.full_model_s, 3, 0.1)
+    state = LiveState("fmnist-vgg", model, (28, 28), slow, info, base)
+    planner = LivePlanner(errors, base, RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, 1.0), hysteresis=0.25)
+    low = planner.plan(state.profile(), 0.001)        # a trickle: sending anything is slow
+    assert planner.scheme() == Scheme.parse("device-only"), low
+    assert not planner.needs_plan(0.0011) and planner.needs_plan(0.002)
+    fast = planner.plan(state.profile(), 1000.0)      # a fat pipe: the cloud is faster
+    assert planner.scheme() != Scheme.parse("device-only"), fast
+    assert planner.plans == 2
+
+
+def test_device_auto_plans_live_and_writes_its_profile(fmnist_cloud, live_db, tmp_path):
+    prof = tmp_path / "live-profile.json"
+    out = subprocess.run(
+        [sys.executable, "-m", "device", "infer", "--cloud", fmnist_cloud.address, "--scheme", "auto",
+         "--db", str(live_db), "--max-accuracy-loss", "0.5", "--dataset", "fashion-mnist", "--limit", "20",
+         "--json", "--profile-out", str(prof)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.strip().splitlines()]
+    summary, frames = lines[-1], lines[:-1]
+    assert summary["images"] == 20 and summary["plans"] >= 1
+    assert summary["bandwidth_mbps"] > 0 and summary["link_rtt_s"] >= 0
+    assert all(f["planned"] for f in frames) and frames[0]["replanned"]
+    assert len({f["request_id"] for f in frames}) == 20
+    p = load_profile(prof)                            # coinfer-plan reads what the device wrote
+    assert p.model == "fmnist-vgg" and p.rtt_s is not None and len(p.partitions) == 6
+    assert p.measured["bandwidth_mbps"] == pytest.approx(summary["bandwidth_mbps"])
+
+
+def test_auto_without_runnable_rows_names_the_fix(fmnist_cloud, tmp_path):
+    empty = tmp_path / "empty.sqlite"
+    AccuracyDB(empty).close()
+    out = subprocess.run(
+        [sys.executable, "-m", "device", "infer", "--cloud", fmnist_cloud.address, "--scheme", "auto",
+         "--db", str(empty), "--dataset", "fashion-mnist", "--limit", "2"], cwd=REPO, capture_output=True,
+        text=True, timeout=300)
+    assert out.returncode == 2 and "no unmodified-model row" in out.stderr, out.stderr
+
+
+def test_device_run_daemon_streams_until_limit(fmnist_cloud, live_db):
+    out = subprocess.run(
+        [sys.executable, "-m", "device", "run", "--cloud", fmnist_cloud.address, "--db", str(live_db),
+         "--max-accuracy-loss", "0.5", "--dataset", "fashion-mnist", "--loop", "--limit", "15", "--json"],
+        cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    lines = [json.loads(l) for l in out.stdout.strip().splitlines()]
+    assert len(lines) == 16 and lines[-1]["images"] == 15
+    assert all("bandwidth_mbps" in f and "scheme" in f and "top1" in f for f in lines[:-1])
