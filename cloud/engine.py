@@ -129,7 +129,7 @@ class Engine:
         return pb.ServerInfo(version=software_version(), max_message_bytes=self.max_message_bytes,
                              models=[m.info() for m in self.models.values()])
 
-    def _network(self, served: ServedModel, artifact_sha256: str, partition: int) -> SplitCNN:
+    def _network(self, served: ServedModel, artifact_sha256: str, enc: codec.EncodedFeatureMap) -> SplitCNN:
         """The network that must run the tail: the unmodified one or the named artifact's."""
         if not artifact_sha256:
             return served.model
@@ -139,10 +139,12 @@ class Engine:
             raise ArtifactMismatchError(
                 f"feature map was made with artifact {artifact_sha256}, but this server holds "
                 f"{held} for {served.name}; start both sides with the same --artifact")
-        if partition != art.scheme.partition:
-            raise UnknownPartitionError(
-                f"feature_map.partition: artifact {artifact_sha256[:12]} is cut at "
-                f"{art.scheme.partition}, got {partition}")
+        for name, want, got in (("partition", art.scheme.partition, enc.partition),
+                                ("bits", art.scheme.bits, enc.bits)):
+            if want != got:
+                raise UnknownPartitionError(
+                    f"feature_map.{name}: artifact {artifact_sha256[:12]} is {art.scheme}, "
+                    f"expected {name} {want}, got {got}")
         return art.model
 
     @torch.inference_mode()
@@ -153,7 +155,7 @@ class Engine:
         if kind == "feature_map":
             enc = codec.feature_map_from_proto(req.feature_map)
             p = enc.partition
-            net = self._network(served, req.artifact_sha256, p)
+            net = self._network(served, req.artifact_sha256, enc)
             if p >= len(net.partitions):
                 raise UnknownPartitionError(
                     f"feature_map.partition: expected 0..{len(net.partitions) - 1} for "
