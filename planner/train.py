@@ -7,6 +7,7 @@ global RNG is restored afterwards, so a run is reproducible on the same machine.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import shlex
@@ -72,14 +73,22 @@ class TrainResult:
     command: str
 
 
-def load_dataset(name: str, split: str, limit: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """((N, C, H, W) uint8, (N,) int64) of a registered dataset, optionally the first `limit`."""
+@functools.lru_cache(maxsize=4)
+def _load_split(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     try:
         loader = DATASET_LOADERS[name]
     except KeyError:
         raise NoDatasetError(f"expected a dataset in {sorted(DATASET_LOADERS)}, got {name!r}") from None
-    x, y = loader(split)
+    return loader(split)
+
+
+def load_dataset(name: str, split: str, limit: int | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, C, H, W) uint8, (N,) int64) of a registered dataset, optionally the first `limit`.
+
+    Splits are parsed once per process and shared: callers must not modify them in place.
+    """
+    x, y = _load_split(name, split)
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return x, y

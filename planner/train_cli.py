@@ -2,12 +2,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from planner.models import model_names
 from planner.scheme import Scheme
-from planner.train import TrainConfig, train_model, train_record
+from planner.train import FINETUNE_CONFIG, TrainConfig, train_model, train_record
 
 _DEFAULTS = TrainConfig()
 
@@ -78,8 +82,14 @@ def _common_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", type=Path, default=None, help="trained state dict (default: the shipped one)")
     p.add_argument("--train-limit", type=int, default=None, help="fine-tune on the first N training images")
     p.add_argument("--test-limit", type=int, default=None, help="test on the first N test images")
+    p.add_argument("--threads", type=int, default=FINETUNE_CONFIG.threads, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
+
+
+def _finetune_config(args: argparse.Namespace) -> TrainConfig:
+    torch.set_num_threads(args.threads)  # testing runs outside `fit`, which sets it for training
+    return dataclasses.replace(FINETUNE_CONFIG, threads=args.threads)
 
 
 def _open_db(args: argparse.Namespace):
@@ -104,7 +114,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit,
                       artifact_dir=args.artifact_dir, weights=args.weights,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, finetune=_finetune_config(args))
         db_path = db.path
     rec = ev.record
     print(f"{rec.model} {rec.scheme} ({rec.recipe}): top-1 error {rec.top1_error:.4f}, "
@@ -130,6 +140,7 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
         keep = set(_int_list(args.partitions, "--partitions"))
         schemes = [s for s in schemes if s.partition in keep]
     recipe = recipe_name(args.finetune_epochs, args.seed, args.train_limit, args.test_limit)
+    finetune = _finetune_config(args)
     rows = []
     with _open_db(args) as db:
         base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress)
@@ -137,14 +148,17 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
         todo = [s for s in schemes if args.force or db.get(args.model, dataset, str(s), recipe) is None]
         print(f"{args.model}: {len(schemes)} schemes, {len(schemes) - len(todo)} already in {db.path} "
               f"for recipe {recipe}; evaluating {len(todo)}; base error {base.top1_error:.4f}", flush=True)
-        for i, scheme in enumerate(todo, 1):
+        bar = tqdm(todo, desc=f"grid {args.model}", unit="scheme", disable=args.no_progress,
+                   dynamic_ncols=True)
+        for i, scheme in enumerate(bar, 1):
             ev = evaluate(args.model, scheme, args.finetune_epochs, db, seed=args.seed,
                           train_limit=args.train_limit, test_limit=args.test_limit,
                           artifact_dir=args.artifact_dir, save=args.artifact_dir is not None,
-                          weights=args.weights, progress=not args.no_progress)
+                          weights=args.weights, progress=False, finetune=finetune)
             rows.append(_evaluation_json(ev))
-            print(f"[{i}/{len(todo)}] {scheme}: top-1 error {ev.record.top1_error:.4f} "
-                  f"loss {ev.accuracy_loss:+.4f} {ev.record.seconds:.1f} s", flush=True)
+            tqdm.write(f"[{i}/{len(todo)}] {scheme}: top-1 error {ev.record.top1_error:.4f} "
+                       f"loss {ev.accuracy_loss:+.4f} {ev.record.seconds:.1f} s")
+        bar.close()
     if args.json:
         print(json.dumps({"model": args.model, "recipe": recipe, "evaluated": len(rows),
                           "skipped": len(schemes) - len(todo), "base_error": base.top1_error,
