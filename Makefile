@@ -9,6 +9,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 # bench-link / demo knobs: device CPU quota (fraction of one CPU) and uplink rate
 QUOTA ?= 0.1
 RATES ?= 0.5 1 2
+DEMO_RATE ?= 0.05
 
 .PHONY: all venv protos data test demo bench bench-link bench-load clean
 
@@ -38,7 +39,7 @@ test: $(STAMP) data
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP) data
-	$(PY) -m device.demo
+	$(PY) -m device.demo --quota $(QUOTA) --rate-mbps $(DEMO_RATE)
 
 bench: $(STAMP) data
 	$(PY) -m bench.runtime
