@@ -1,0 +1,201 @@
+"""`make bench-link`: the issue's matrix of shaped links, written to bench/results/link.md.
+
+    python -m bench.link                      # as root; the whole matrix (~15 min here)
+    python -m bench.link --only fmnist-vgg    # one model
+    python -m bench.link --fmnist-db FILE --fmnist-weights FILE   # before the shipped ones exist
+
+- fmnist-vgg at 0.05, 0.5, 1 and 2 Mbps on Fashion-MNIST test images, auto planned on the
+  model's `ft0-` accuracy rows (the shipped planner/db/fmnist-vgg.sqlite, or --fmnist-db),
+  plus a tc rate change 0.05 -> 2 Mbps during an auto run;
+- vgg16_bn at 224x224 at 0.5, 1 and 2 Mbps with random-initialised weights (196 classes, as
+  the seed's Stanford Cars head): timing and bytes on generated images (no accuracy is
+  claimed from them); auto planned on the seed's accuracy files, imported at run time into
+  a database under /tmp with recipe `seed-import` (the seed files stay in ../shared/seed).
+Device CPU quota 0.1 throughout (a Raspberry-Pi-class device, bench/results/netns.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from bench import common
+
+SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
+SEED_FILES = ("latency_search.txt", "accuracy_search.txt")   # later file wins where both hold a scheme
+SEED_BASE_ERROR = 0.151                                      # seed README: unmodified VGG-16-BN on Stanford Cars
+SEED_DATASET = "stanford-cars"
+OUT_DIR = common.RESULTS / "link"
+
+
+@dataclass(frozen=True)
+class MatrixEntry:
+    model: str
+    rates_mbps: tuple[float, ...]
+    schemes: tuple[str, ...]
+    limit: int
+    rate_change: tuple[float, float] | None = None
+    rate_change_requirement: tuple[str, ...] = ()   # auto requirement of the rate-change run
+    num_classes: int | None = None
+    input_hw: tuple[int, int] | None = None
+
+
+MATRIX = (
+    MatrixEntry("fmnist-vgg", (0.05, 0.5, 1.0, 2.0), ("1:8:4", "3:16:2", "3:64:4", "5:128:8"), limit=30,
+                rate_change=(0.05, 2.0), rate_change_requirement=("--max-latency-s", "0.1")),
+    MatrixEntry("vgg16_bn", (0.5, 1.0, 2.0), ("1:9:8", "3:34:8", "12:400:8"), limit=3, num_classes=196,
+                input_hw=(224, 224)),
+)
+
+
+def seed_db(path: Path) -> Path:
+    """The seed's P+C-B*E files imported into a project database (recipe seed-import)."""
+    from planner.accuracy_db import AccuracyDB, import_seed
+    missing = [f for f in SEED_FILES if not (SEED_DIR / f).is_file()]
+    if missing:
+        raise SystemExit(f"seed files missing under {SEED_DIR}: {', '.join(missing)}")
+    with AccuracyDB(path) as db:
+        for name in SEED_FILES:
+            import_seed(db, SEED_DIR / name, "vgg16_bn", SEED_DATASET, SEED_BASE_ERROR, recipe="seed-import")
+    return path
+
+
+def fmnist_db(explicit: str | None) -> str:
+    from device.live import runnable_errors
+    from planner.evaluate import default_db_path
+    path = explicit or str(default_db_path("fmnist-vgg"))
+    try:
+        runnable_errors(path, "fmnist-vgg", "fashion-mnist", "ft0-")
+    except (ValueError, OSError) as e:
+        raise SystemExit(f"fmnist-vgg needs ft0- accuracy rows: {e}\n  build some with `python -m planner "
+                         "evaluate-grid --model fmnist-vgg --finetune-epochs 0 --db /tmp/x.sqlite --channels "
+                         "1,2,4,8,16,all --bits 1,2,4,8` and pass --fmnist-db /tmp/x.sqlite")
+    return path
+
+
+def summary_lines(results: list[dict]) -> list[str]:
+    lines = ["### Summary", "",
+             "| model | tc Mbps | device estimate Mbps | estimate / goodput | live choice | best single-end | "
+             "live / best single-end | median abs(pred-meas)/meas |", "|---|---:|---:|---:|---|---|---:|---:|"]
+    for res in results:
+        for r in res["rates"]:
+            bw, ratio, med = r["bandwidth_mbps"], r["bandwidth_over_goodput"], r["median_rel_error"]
+            lines.append(f"| {res['model']} | {r['rate_mbps']:g} | {'n/a' if bw is None else f'{bw:.4g}'} | "
+                         f"{'n/a' if ratio is None else f'{ratio:.3f}'} | {r['live_choice']} | "
+                         f"{r['best_single_end']} | {r['live_over_best_single_end']:.3f} | "
+                         f"{'n/a' if med is None else f'{med:.1%}'} |")
+    every = [row["rel_error"] for res in results for r in res["rates"] for row in r["rows"]
+             if row["scheme"] != "auto" and row["rel_error"] is not None]
+    if every:
+        lines += ["", f"Median abs(predicted - measured) / measured over every (model, rate, scheme): "
+                      f"**{statistics.median(every):.1%}** (target <= 10%); per model: "
+                  + ", ".join(f"{res['model']} {res['median_rel_error_all_rates']:.1%}" for res in results
+                              if res["median_rel_error_all_rates"] is not None) + "."]
+    for res in results:
+        if res["rate_change"]:
+            from device.bench_cli import rate_change_lines
+            lines += ["", f"Rate change ({res['model']}): " + rate_change_lines(res["rate_change"])[0] + "."]
+    return lines
+
+
+NOTES = """\
+### How to read this
+
+- Measured: `coinfer-device infer` in the device namespace (CPU quota applied after start-up,
+  before its head profiling), `coinfer-cloud serve` in the cloud namespace, only the
+  device->cloud direction shaped (tbf, bench/results/netns.md). Latency is end to end per image
+  on the device; the table gives the median ("measured p50") and the mean.
+- Predicted: `planner.latency.LatencyModel.from_profile(profile, bandwidth)` where the profile is
+  the one the `auto` run wrote (`--profile-out`: head times of the quota'd device, cloud tails
+  from server info, its round trip, the zstd ratios it learned) and the bandwidth is the
+  device's own estimate at the end of that run. Bytes: where auto never sent a (P, B) (or an
+  image) the ratio is the one that scheme's own frames showed ("bytes from: this scheme's
+  frames"), i.e. what the device learns after one frame, so the error is the time model's.
+  The live profile has no encode time (codec entries carry encode_s = 0), so the quantize +
+  pack + zstd seconds of the device (large under a 0.1 CPU quota) are missing from split
+  predictions; see the per-scheme encode column in the JSON.
+- The CPU quota is CFS bandwidth control (10 ms of CPU per 100 ms period at 0.1): a job
+  shorter than the budget left in the period runs at full speed, a longer one waits for the
+  next periods. fmnist-vgg frames take ~1 ms of CPU, so most of them run unthrottled and
+  a few wait ~90 ms: the median hides the quota, the mean shows it. vgg16_bn (~0.4 s of CPU)
+  is throttled smoothly (~10x).
+- Bandwidth estimate vs tc rate: tbf counts whole Ethernet frames, the device measures
+  application bytes, so the honest reference is the TCP goodput, rate x 1448/1514 ("estimate /
+  goodput"); gRPC/HTTP2 framing and the per-request round trip make short transfers look
+  slower still.
+- Timings are noisy: the machine has 2 cores shared with other long jobs (training, sweeps)
+  while this ran, and the cloud runs on the same CPUs as the device.
+- netem is not in this kernel (CONFIG_NET_SCH_NETEM unset): no added delay or loss was
+  measured; `ShapedLink(delay_ms=..)` raises ShapingUnavailable here.
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    from bench.netns import LinkUnavailable, require_net_admin
+    from device import bench_cli
+    p = argparse.ArgumentParser(prog="python -m bench.link", description=__doc__.split("\n")[0])
+    p.add_argument("--only", choices=[m.model for m in MATRIX], action="append", help="run only these models")
+    p.add_argument("--quota", type=float, default=0.1, help="device CPU fraction")
+    p.add_argument("--fmnist-db", help="fmnist-vgg accuracy DB with ft0- rows (default: the shipped one)")
+    p.add_argument("--fmnist-weights", help="fmnist-vgg state dict for both sides (default: the shipped one)")
+    p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every image count (min 2)")
+    p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
+    args = p.parse_args(argv)
+    try:
+        require_net_admin()
+    except LinkUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    cmd = "python -m bench.link " + " ".join(argv if argv is not None else sys.argv[1:])
+    work = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-"))
+    out = work / "out" if args.no_write else OUT_DIR
+    results = []
+    try:
+        for m in MATRIX:
+            if args.only and m.model not in args.only:
+                continue
+            limit = max(2, round(m.limit * args.limit_scale))
+            cfg = bench_cli.LinkBenchConfig(
+                model=m.model, rates_mbps=m.rates_mbps, quota=args.quota or None, schemes=m.schemes,
+                limit=limit, num_classes=m.num_classes)
+            if m.model == "fmnist-vgg":
+                cfg = replace(cfg, db=fmnist_db(args.fmnist_db), weights=args.fmnist_weights)
+            else:
+                hw = m.input_hw or (224, 224)
+                images = bench_cli.synthetic_images(work / "images", limit, hw, 3)
+                cfg = replace(cfg, db=str(seed_db(work / "seed.sqlite")), recipe="seed-import",
+                              dataset_name=SEED_DATASET, images=tuple(images), synthetic_images=True,
+                              input_size=m.input_hw)
+            res = bench_cli.run_link_bench(cfg, out, progress=lambda s: print(s, flush=True))
+            if m.rate_change:
+                print(f"{m.model}: rate change {m.rate_change[0]:g} -> {m.rate_change[1]:g} Mbps during auto "
+                      f"({' '.join(m.rate_change_requirement) or 'default requirement'})", flush=True)
+                rc = bench_cli.follow_rate_change(replace(cfg, requirement=m.rate_change_requirement),
+                                                  *m.rate_change, progress=lambda s: print(s, flush=True))
+                res["rate_change"] = rc | {"requirement": list(m.rate_change_requirement)}
+                (out / f"{m.model}.json").write_text(json.dumps(res, indent=1))
+            results.append(res)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    lines = common.header("Live planning over shaped links (coinfer-bench link)", cmd)
+    lines += [f"- device CPU quota: {args.quota:g} of one CPU; " + "; ".join(
+        f"{r['model']}: {r['config']['limit']} images per scheme" for r in results), ""]
+    lines += summary_lines(results) + [""]
+    for res in results:
+        md = bench_cli.markdown(res)
+        lines += [line.replace("](", "](link/") if line.startswith("![") else line for line in md]
+    lines += [NOTES]
+    if args.no_write:
+        print("\n".join(lines))
+    else:
+        common.write("link", lines)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
