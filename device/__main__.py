@@ -33,7 +33,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--num-classes", type=int, help="classifier width of --weights")
     p.add_argument("--artifact", metavar="FILE", help="fine-tuned scheme artifact (same as the cloud's)")
     p.add_argument("--scheme", default="device-only",
-                   help="P:C:B, device-only, cloud-only or auto (default device-only)")
+                   help="P:C:B, device-only, cloud-only or auto (default: device-only for infer, auto for run)")
     req = p.add_mutually_exclusive_group()
     req.add_argument("--max-accuracy-loss", type=float, metavar="A",
                      help="auto: the fastest scheme losing at most A top-1 accuracy (default 0.01)")
@@ -117,6 +117,22 @@ def requirement_of(args: argparse.Namespace):
                            0.01 if args.max_accuracy_loss is None else args.max_accuracy_loss)
 
 
+def fetch_model_info(client: CloudClient, model: str):
+    """The cloud's ModelInfo for `model`, or None when the cloud cannot be reached now."""
+    from device.runner import FALLBACK_CODES
+    try:
+        info = client.server_info()
+    except grpc.RpcError as e:
+        if e.code() not in FALLBACK_CODES:
+            raise
+        log.warning("cloud unreachable (%s); running device-only until it answers", e.code().name)
+        return None
+    served = {m.name: m for m in info.models}
+    if model not in served:
+        raise InputError(f"the cloud serves {', '.join(served)}, not {model}")
+    return served[model]
+
+
 class Device:
     """Everything one device command sets up: model, client, runner, and for auto the session."""
 
@@ -153,16 +169,13 @@ class Device:
         if self.artifact is not None:
             raise InputError("--scheme auto plans over the unmodified model; drop --artifact")
         args, spec = self.args, self.model.spec
-        info = self.client.server_info()
-        served = {m.name: m for m in info.models}
-        if args.model not in served:
-            raise InputError(f"the cloud serves {', '.join(served)}, not {args.model}")
-        hw = tuple(served[args.model].input_shape[1:])
+        info = fetch_model_info(self.client, args.model)       # None while the cloud is unreachable
+        hw = tuple(info.input_shape[1:]) if info is not None else spec.input_hw
         weights_key = args.weights or str(spec.default_weights)
         device = cached_device_times(self.model, f"{args.model}:{weights_key}", hw, args.cpu_quota)
         db = args.db or default_db_path(args.model)
         errors, base = runnable_errors(db, args.model, args.dataset_name or spec.dataset or "", args.recipe)
-        state = LiveState(args.model, self.model, hw, device, served[args.model], base)
+        state = LiveState(args.model, self.model, hw, device, info, base)
         planner = LivePlanner(errors, base, requirement_of(args), hysteresis=args.hysteresis)
         session = LiveSession(self.runner, self.client, state, planner, probe_interval_s=args.probe_interval_s)
         session.start()

@@ -188,7 +188,7 @@ class LiveState:
     model: SplitCNN
     input_hw: tuple[int, int]
     device: DeviceTimes
-    server: pb.ModelInfo
+    server: pb.ModelInfo | None          # the cloud's model info; None until it has answered
     base_top1_error: float | None
     link: LinkEstimator = field(default_factory=LinkEstimator)
     bytes: ByteRatios = field(default_factory=ByteRatios)

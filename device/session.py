@@ -64,12 +64,21 @@ class LiveSession:
     # -- probing ------------------------------------------------------------------------------
     def start(self) -> None:
         try:
-            self.state.link.probe(self.client)
+            self._connect()
         except grpc.RpcError as e:
             log.warning("cloud unreachable at start (%s); running device-only until it answers", e.code().name)
             self.cloud_up = False
         self._prober = threading.Thread(target=self._probe_loop, name="coinfer-prober", daemon=True)
         self._prober.start()
+
+    def _connect(self) -> None:
+        """Learn the cloud's model info if still unknown, then measure the link."""
+        if self.state.server is None:
+            info = {m.name: m for m in self.client.server_info().models}
+            if self.state.model_name not in info:
+                raise RuntimeError(f"the cloud does not serve {self.state.model_name}")
+            self.state.server = info[self.state.model_name]
+        self.state.link.probe(self.client)
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self.probe_interval_s if self.cloud_up else self.down_probe_interval_s):
@@ -77,7 +86,7 @@ class LiveSession:
                 if self.cloud_up:
                     self.state.link.probe(self.client, target_s=0.1)
                 else:
-                    self.client.probe(1, 1)
+                    self._connect()
                     log.info("cloud is back; resuming the planned scheme")
                     self.cloud_up = True
             except grpc.RpcError as e:
@@ -91,26 +100,27 @@ class LiveSession:
             self._prober.join(timeout=10)
 
     # -- frames -------------------------------------------------------------------------------
-    def _planned(self) -> tuple[Scheme, bool]:
+    def _planned(self) -> tuple[Scheme | None, bool]:
+        """(the scheme for the next frame, whether a new plan was made); None: no plan yet."""
         if self.planner is None:
             assert self.fixed is not None
             return self.fixed, False
         bw = self.state.link.bandwidth_mbps
         replanned = False
-        if bw is not None and self.planner.needs_plan(bw):
+        if bw is not None and self.state.server is not None and self.planner.needs_plan(bw):
             before = self.planner.current.scheme if self.planner.current else None
             result = self.planner.plan(self.state.profile(), bw)
             replanned = True
             log.info("planned %s at %.3f Mbps (was %s): predicted %.4f s", result.scheme or result.best_single_end,
                      bw, before, result.latency_s or float("nan"))
-        if self.planner.current is None:      # no bandwidth known yet (cloud down at start)
-            return DEVICE_ONLY, replanned
+        if self.planner.current is None:      # the cloud has not answered yet
+            return None, replanned
         return self.planner.scheme(), replanned
 
     def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
         planned, replanned = self._planned()
-        if planned.is_split or planned == Scheme.parse("cloud-only"):
-            if not self.cloud_up:
+        if planned is None or planned.is_split or planned == Scheme.parse("cloud-only"):
+            if planned is None or not self.cloud_up:
                 r = self.runner.run(DEVICE_ONLY, image, label)
                 r = FrameResult(**{**r.as_dict(), "fallback": "cloud unreachable (probing)"})
             else:
@@ -119,4 +129,5 @@ class LiveSession:
                     self.cloud_up = False
         else:
             r = self.runner.run(planned, image, label)
-        return SessionFrame(r, str(planned), self.state.link.bandwidth_mbps, self.state.link.rtt_s, replanned)
+        return SessionFrame(r, "none" if planned is None else str(planned), self.state.link.bandwidth_mbps,
+                            self.state.link.rtt_s, replanned)

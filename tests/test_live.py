@@ -137,3 +137,44 @@ def test_device_run_daemon_streams_until_limit(fmnist_cloud, live_db):
     lines = [json.loads(l) for l in out.stdout.strip().splitlines()]
     assert len(lines) == 16 and lines[-1]["images"] == 15
     assert all("bandwidth_mbps" in f and "scheme" in f and "top1" in f for f in lines[:-1])
+
+
+def test_daemon_starts_without_its_cloud_and_plans_once_it_appears(live_db, tmp_path):
+    """Auto with the cloud down at start: frames fall back to device-only, then follow a plan."""
+    import socket
+    import time
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "run", "--cloud", f"127.0.0.1:{port}", "--db", str(live_db),
+         "--max-accuracy-loss", "0.5", "--dataset", "fashion-mnist", "--loop", "--interval-s", "0.05",
+         "--json", "--timeout-s", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    from tests.conftest import CloudProcess
+    lines = []
+    cloud = None
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            frame = json.loads(line)
+            lines.append(frame)
+            if len(lines) == 5:
+                cloud = CloudProcess("--model", "fmnist-vgg", "--profile-repeats", "1", "--port", str(port))
+            if cloud is not None and frame["planned"] != "none" and not frame["fallback"]:
+                break
+    finally:
+        proc.terminate()
+        rest, err = proc.communicate(timeout=60)
+        if cloud is not None:
+            cloud.stop()
+    assert proc.returncode == 0, err
+    assert all(f["fallback"] and f["scheme"] == "device-only" for f in lines[:5])
+    # once the cloud answers, the device plans (on loopback device-only may well win) and
+    # frames stop falling back
+    assert lines[-1]["fallback"] is None and lines[-1]["planned"] != "none", lines[-1]
+    assert lines[-1]["bandwidth_mbps"] > 0
+    summary = json.loads(rest.strip().splitlines()[-1])
+    assert summary["images"] == len(lines) + len(rest.strip().splitlines()) - 1
