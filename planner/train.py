@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from planner.data import DATASET_NAME, load_fashion_mnist
-from planner.models import SplitCNN, WEIGHTS_DIR, build_model, file_sha256, get_spec
+from planner.models import WEIGHTS_DIR, build_model, file_sha256, get_spec, model_names
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,9 @@ def load_dataset(name: str, split: str, limit: int | None = None
 def model_dataset(model_name: str) -> str:
     spec = get_spec(model_name)
     if spec.dataset is None:
-        raise NoDatasetError(f"model {model_name!r} has no dataset in the registry; "
-                             f"trainable models: {[n for n in DATASET_LOADERS]}")
+        trainable = [n for n in model_names() if get_spec(n).dataset in DATASET_LOADERS]
+        raise NoDatasetError(f"expected a model with a dataset in the registry ({', '.join(trainable)}), "
+                             f"got {model_name!r}")
     return spec.dataset
 
 

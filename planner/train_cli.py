@@ -133,7 +133,9 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def _evaluate_grid(args: argparse.Namespace) -> int:
+    from planner.artifact import conv_widths
     from planner.evaluate import ensure_base_record, evaluate, grid_schemes, recipe_name
+    from planner.models import get_spec
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
     schemes = grid_schemes(args.model, channels, _int_list(args.bits, "--bits"))
     if args.partitions is not None:
@@ -146,6 +148,11 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
         base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress)
         dataset = base.dataset
         todo = [s for s in schemes if args.force or db.get(args.model, dataset, str(s), recipe) is None]
+        # coarse to fine: the widest cuts at the most bits first, across every partition, so an
+        # interrupted grid still covers every partition (resume by running the command again)
+        widths = conv_widths(get_spec(args.model))
+        todo.sort(key=lambda s: (s.channels != widths[s.partition],
+                                 0 if s.channels == widths[s.partition] else -s.channels, -s.bits, s.partition))
         print(f"{args.model}: {len(schemes)} schemes, {len(schemes) - len(todo)} already in {db.path} "
               f"for recipe {recipe}; evaluating {len(todo)}; base error {base.top1_error:.4f}", flush=True)
         bar = tqdm(todo, desc=f"grid {args.model}", unit="scheme", disable=args.no_progress,

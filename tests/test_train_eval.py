@@ -13,7 +13,7 @@ from planner.accuracy_db import BASE_SCHEME, AccuracyDB
 from planner.artifact import load_artifact
 from planner.data import DatasetUnavailable
 from planner.evaluate import (SchemeNet, channel_importance, conv_feature_indices, evaluate,
-                              evaluate_scheme, fake_quantize, grid_schemes, prune_state_dict,
+                              evaluate_scheme, fake_quantize, grid_schemes,
                               pruned_model, quantize_dequantize, select_channels)
 from planner.models import build_model, get_spec, partition_table
 from planner.scheme import Scheme, SchemeError
