@@ -12,8 +12,13 @@ evaluated scheme is a lower bound for the schemes it dominates (same P, C and B 
 larger) and an upper bound for those that dominate it. A candidate stays *open* while,
 at its lowest possible error, it could still meet the requirement and beat the incumbent
 (its key: (latency, error) or (error, latency), then P:C:B order). Candidates that
-cannot meet a latency bound are never open. The search stops when nothing is open, so
-the incumbent is optimal under the monotonicity assumption. Which open candidate to
+cannot meet a latency bound are never open. With `SearchConfig.prove` the search stops
+when nothing is open, so the incumbent is optimal under the monotonicity assumption.
+By default it stops earlier, as Bayesian optimisation intends: once the GP gives the
+open candidates together (a union bound: the sum of their probabilities) less than
+1 - `confidence` of beating the incumbent (error under the incumbent's, or under the
+accuracy bound for the faster schemes of accuracy mode), after `min_evaluations`.
+Then the acquisition is that probability times the closure score below. Which open candidate to
 evaluate next is chosen with a Gaussian process (scikit-learn, Matern kernel) over
 normalised (P, C, B): the acquisition is the expected number of open candidates the
 evaluation closes, with the GP's probability that the candidate meets the constraint
@@ -98,6 +103,18 @@ class SearchConfig:
     seed: int = 0                 # GP and random-search seed; the result is a function of it
     noise_margin: float = 0.002   # error slack in the bounds: repeated evaluations differ by
                                   # ~0.002-0.003 (shared/seed/README.md); 0 trusts them exactly
+    prove: bool = False           # True: stop only when no unevaluated candidate can beat the
+                                  # incumbent under the bounds (exact under monotonicity; in
+                                  # latency mode it must look up every undominated feasible scheme)
+    confidence: float = 0.95      # prove=False: stop once the candidates the bounds leave open
+                                  # beat the incumbent with total GP probability (sum, a union
+                                  # bound) below 1 - confidence: P(result not optimal) under the GP
+    min_evaluations: int = 10     # prove=False: look-ups before the GP may stop the search; about
+                                  # 3 per GP input dimension (P, C, B), so its length scales rest
+                                  # on data rather than on their priors
+    tie_tolerance: float = 0.0005 # errors closer than this are a tie (half the 0.001 resolution of
+                                  # recorded errors); a faster candidate beats the incumbent at
+                                  # err < incumbent + tol, a slower one needs err < incumbent - tol
     max_evaluations: int | None = None  # stop early (then optimality is not proven)
     random_budget: int = 20       # evaluations of Strategy.RANDOM
     slow_weight: float = 0.05     # acquisition weight of closing a candidate slower than the
@@ -138,18 +155,21 @@ EvaluateFn = Callable[..., object]   # planner.evaluate.evaluate_scheme's signat
 class FullSpaceEvaluator(DBEvaluator):
     """Looks recorded schemes up; fine-tunes and tests the others, recording them in `db`.
 
-    `evaluate_fn(model_name, scheme, finetune_epochs, db, seed) -> AccuracyRecord`
+    `evaluate_fn(model_name, scheme, finetune_epochs, db, seed, train_limit=, test_limit=)
+    -> AccuracyRecord`
     defaults to `planner.evaluate.evaluate_scheme`, imported when first needed.
     """
 
     def __init__(self, errors: Mapping[Scheme, float], base_error: float, model_name: str,
-                 db, finetune_epochs: float, seed: int = 0, evaluate_fn: EvaluateFn | None = None):
+                 db, finetune_epochs: float, seed: int = 0, evaluate_fn: EvaluateFn | None = None,
+                 train_limit: int | None = None, test_limit: int | None = None):
         super().__init__(errors, base_error)
         self.model_name = model_name
         self.db = db
         self.finetune_epochs = finetune_epochs
         self.seed = seed
         self._evaluate_fn = evaluate_fn
+        self.limits = {"train_limit": train_limit, "test_limit": test_limit}   # images; None: all
         self.new_evaluations = 0
 
     def evaluate(self, scheme: Scheme) -> float:
@@ -157,7 +177,7 @@ class FullSpaceEvaluator(DBEvaluator):
             fn = self._evaluate_fn
             if fn is None:
                 from planner.evaluate import evaluate_scheme as fn  # lazy: pulls in torch data
-            rec = fn(self.model_name, scheme, self.finetune_epochs, self.db, self.seed)
+            rec = fn(self.model_name, scheme, self.finetune_epochs, self.db, self.seed, **self.limits)
             self.errors[scheme] = float(rec.top1_error)
             self.new_evaluations += 1
             log.info("evaluated %s: top-1 error %.4f", scheme, rec.top1_error)
@@ -217,7 +237,8 @@ class SearchResult:
     candidates: int                # split candidates in the space
     single_end_s: dict[str, float]
     best_single_end: str
-    proven: bool                   # stopped because nothing could beat the incumbent
+    proven: bool                   # stopped because nothing could beat the incumbent (else: GP stop
+                                   # or max_evaluations)
     wall_s: float
     reason: str = ""               # why infeasible
     evaluated: list[tuple[str, float]] = field(default_factory=list)   # (scheme, error) in order
@@ -393,7 +414,7 @@ def _features(cands: CandidateSet, idx: np.ndarray) -> np.ndarray:
     return np.column_stack([
         cands.partition[idx] / n_p,
         np.log(cands.channels[idx]) / np.log(np.maximum(cmax, 2.0)),
-        (cands.bits[idx] - 1) / (MAX_BITS - 1)])
+        2.0 ** (1 - cands.bits[idx])])   # relative quantisation step: 1 at 1 bit, 1/128 at 8
 
 
 class _GP:
@@ -405,7 +426,7 @@ class _GP:
 
         self._gpr_cls = GaussianProcessRegressor
         self.kernel = (ConstantKernel(1.0, (1e-2, 1e2))
-                       * Matern(length_scale=[0.3, 0.3, 0.3], length_scale_bounds=(0.03, 10.0), nu=2.5)
+                       * Matern(length_scale=[0.3, 0.3, 0.3], length_scale_bounds=(0.03, 10.0), nu=0.5)
                        + WhiteKernel(1e-3, (1e-6, 1e-1)))
         self.seed = seed
         self.fits = 0
@@ -415,12 +436,17 @@ class _GP:
         """Mean and std of log(error) at x."""
         # hyper-parameters re-optimised at 2, 4, 8, ... points; otherwise kept (fast refit)
         optimise = len(x_train) & (len(x_train) - 1) == 0
-        gpr = self._gpr_cls(kernel=self.kernel, normalize_y=True, random_state=self.seed,
+        gpr = self._gpr_cls(kernel=self.kernel, normalize_y=False, random_state=self.seed,
                             optimizer="fmin_l_bfgs_b" if optimise else None)
+        # optimistic prior: far from the data the GP reverts to the best error seen, not to
+        # the mean (the search samples many bad schemes; a mean prior would call unexplored
+        # regions hopeless and let the probabilistic stop close them unseen)
+        lo, scale = y_train.min(), max(float(y_train.std()), 1e-9)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            gpr.fit(x_train, y_train)
+            gpr.fit(x_train, (y_train - lo) / scale)
             mu, sd = gpr.predict(x, return_std=True)
+        mu, sd = mu * scale + lo, sd * scale
         self.kernel = gpr.kernel_
         self.fits += 1
         return mu, np.maximum(sd, 1e-6)
@@ -433,6 +459,20 @@ def _norm_cdf(z: np.ndarray) -> np.ndarray:
 
 def _norm_pdf(z: np.ndarray) -> np.ndarray:
     return np.exp(-0.5 * z * z) / math.sqrt(2 * math.pi)
+
+
+def _beat_threshold(prob: _Problem, inc, latency_s: np.ndarray, tie_tol: float) -> np.ndarray:
+    """Per candidate: the error it must stay under to beat the incumbent (or meet the bound).
+
+    Objective.MIN_LATENCY: the accuracy bound (every open candidate is faster). MIN_ERROR:
+    the incumbent's error, widened by the tie tolerance for faster candidates (an equal error
+    wins a tie) and narrowed for slower ones; infinite while there is no incumbent.
+    """
+    if prob.req.objective is Objective.MIN_LATENCY:
+        return np.full(len(latency_s), prob.base_error + prob.req.max_accuracy_loss + LOSS_TOL)
+    if inc[1] is None:
+        return np.full(len(latency_s), math.inf)
+    return np.where(latency_s < inc[2], inc[3] + tie_tol, inc[3] - tie_tol)
 
 
 def _bayes(prob: _Problem, ev: Evaluator, config: SearchConfig):
@@ -450,6 +490,7 @@ def _bayes(prob: _Problem, ev: Evaluator, config: SearchConfig):
         from tqdm import tqdm
         bar = tqdm(desc="search", unit="eval")
     proven = True
+    tiebreak = np.random.default_rng(config.seed).permutation(n)   # equal scores: seeded order
     while True:
         idx = np.flatnonzero(eval_mask)
         errs = np.array([evaluated[int(i)] for i in idx])
@@ -471,17 +512,19 @@ def _bayes(prob: _Problem, ev: Evaluator, config: SearchConfig):
             mu, sd = gp.predict(_features(cands, idx), np.log(errs), _features(cands, o))
         else:
             mu, sd = np.zeros(len(o)), np.full(len(o), np.inf)
-        # probability that evaluating it makes it the incumbent
-        if min_latency:
-            target = prob.base_error + prob.req.max_accuracy_loss
-        else:
-            target = inc[3] if inc[1] is not None else math.inf
+        # probability that evaluating it makes it the incumbent: its error under `target`
+        target = _beat_threshold(prob, inc, cands.latency_s[o], config.tie_tolerance)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = (math.log(target) - mu) / sd if 0 < target < math.inf else np.full(len(o), np.inf if target > 0 else -np.inf)
+            z = (np.log(np.maximum(target, 1e-300)) - mu) / sd
+            z = np.where(target <= 0, -np.inf, np.where(np.isinf(target), np.inf, z))
             z = np.nan_to_num(z, nan=0.0, posinf=np.inf, neginf=-np.inf)
             p_imp = np.clip(_norm_cdf(z), 0.0, 1.0) if len(idx) >= 2 else np.full(len(o), 0.5)
         if min_latency:
-            p_imp = np.where(ub[o] <= target + LOSS_TOL, 1.0, p_imp)  # certain to pass
+            p_imp = np.where(ub[o] <= target, 1.0, p_imp)  # certain to pass
+        if (not config.prove and len(evaluated) >= config.min_evaluations
+                and p_imp.sum() < 1.0 - config.confidence):
+            proven = False   # the GP is confident that nothing open beats the incumbent
+            break
         # candidates closed in each outcome, weighted by how likely they would otherwise
         # need work: in accuracy mode, only those faster than the predicted optimum do
         if min_latency:
@@ -507,8 +550,10 @@ def _bayes(prob: _Problem, ev: Evaluator, config: SearchConfig):
             closed_if_imp = len(o) - np.searchsorted(lb_sorted, np.exp(m_log), side="left")
             closed_if_imp = np.maximum(closed_if_imp - 1, 0)
         score = 1.0 + p_imp * closed_if_imp + (1.0 - p_imp) * dom
-        # deterministic choice: best score, then faster, then P:C:B order
-        order = np.lexsort((prob.rank[o], cands.latency_s[o], -score))
+        if not config.prove:
+            score = p_imp * score   # aim at what may beat the incumbent: that decides the stop
+        # choice: best score, then faster, then a seeded order (the only use of --seed here)
+        order = np.lexsort((tiebreak[o], cands.latency_s[o], -score))
         i = int(o[order[0]])
         err = ev.evaluate(cands.scheme(i))
         evaluated[i] = err

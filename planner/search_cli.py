@@ -32,8 +32,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="bayes (default), or the exhaustive / random baselines")
     p.add_argument("--noise-margin", type=float, default=SearchConfig.noise_margin, metavar="E",
                    help="error slack in the monotonicity bounds (default %(default)s; 0: strict)")
+    p.add_argument("--prove", action="store_true",
+                   help="stop only when the bounds prove no candidate can beat the result (exact under "
+                        "monotonicity, more evaluations); default: stop on the GP's confidence")
+    p.add_argument("--confidence", type=float, default=SearchConfig.confidence, metavar="Q",
+                   help="without --prove: stop once the GP gives the open candidates together a "
+                        "probability below 1-Q of beating the result (default %(default)s)")
     p.add_argument("--finetune-epochs", type=float, default=0.25,
                    help="--space full: fine-tune epochs per new evaluation (default 0.25)")
+    p.add_argument("--max-evaluations", type=int, default=None, metavar="N",
+                   help="stop after N evaluations with the best scheme found (not proven optimal)")
+    p.add_argument("--train-limit", type=int, default=None, metavar="N",
+                   help="--space full: fine-tune new evaluations on the first N training images")
+    p.add_argument("--test-limit", type=int, default=None, metavar="N",
+                   help="--space full: test new evaluations on the first N test images")
     p.add_argument("--record-db", metavar="FILE",
                    help="--space full: SQLite file new evaluations are recorded in "
                         "(default: the first SQLite --db)")
@@ -89,10 +101,14 @@ def run_search(args: argparse.Namespace) -> int:
                              "(--record-db FILE or a SQLite --db)", EXIT_BAD_INPUT)
             db = AccuracyDB(record)
             evaluator = FullSpaceEvaluator(view.errors, view.base_error, model_name, db,
-                                           args.finetune_epochs, args.seed)
+                                           args.finetune_epochs, args.seed,
+                                           train_limit=args.train_limit, test_limit=args.test_limit)
         else:
             evaluator = DBEvaluator(view.errors, view.base_error)
-        config = SearchConfig(seed=args.seed, noise_margin=args.noise_margin,
+        if not 0.0 < args.confidence < 1.0:
+            raise SearchError(f"expected --confidence in (0, 1), got {args.confidence}")
+        config = SearchConfig(seed=args.seed, noise_margin=args.noise_margin, prove=args.prove,
+                              confidence=args.confidence, max_evaluations=args.max_evaluations,
                               progress=space is Space.FULL and sys.stderr.isatty())
         result = search(lat, cands, req, evaluator, config, Strategy(args.strategy))
         if db is not None:
@@ -118,11 +134,17 @@ def format_result(r: SearchResult) -> str:
         ("single-end", ", ".join(f"{k} {v:.4f} s" for k, v in r.single_end_s.items())
          + f" (best {r.best_single_end})"),
         ("evaluations", f"{r.evaluations} of {r.candidates} candidates ({r.strategy.value}"
-         + (", optimal under monotonicity)" if r.proven and r.strategy is Strategy.BAYES else ")")),
+         + (_stop_note(r) if r.strategy is Strategy.BAYES else ")")),
         ("search time", f"{r.wall_s:.3f} s"),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def _stop_note(r: SearchResult) -> str:
+    if r.proven:
+        return ", proven optimal under monotonicity)"
+    return ", stopped on the GP's confidence; --prove for a guarantee)"
 
 
 def run_frontier(args: argparse.Namespace) -> int:
