@@ -11,6 +11,7 @@ Prints markdown and writes it to bench/results/evaluate.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import platform
@@ -25,6 +26,7 @@ import torch
 from bench.codec import machine
 from planner.accuracy_db import AccuracyDB
 from planner.evaluate import evaluate
+from planner.train import FINETUNE_CONFIG
 from planner.scheme import Scheme
 
 log = logging.getLogger(__name__)
@@ -43,51 +45,71 @@ class BenchConfig:
     threads: int = 2                                            # torch CPU threads
 
 
-def run(cfg: BenchConfig, progress: bool = True) -> str:
+def run(cfg: BenchConfig, out: Path | None = None, progress: bool = True) -> str:
+    """Evaluate every scheme at every budget, smallest budgets first; after each evaluation
+    the markdown so far is written to `out`, so an interrupted run still leaves its figures."""
     torch.set_num_threads(cfg.threads)
-    rows = []
+    by: dict[tuple[str, float], object] = {}
+    text = ""
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp, \
             AccuracyDB(Path(tmp) / "bench.sqlite") as db:
-        for s in cfg.schemes:
-            for e in cfg.epochs:
+        for e in cfg.epochs:
+            for s in cfg.schemes:
                 ev = evaluate(cfg.model, Scheme.parse(s), e, db, seed=cfg.seed,
-                              artifact_dir=Path(tmp) / "artifacts", progress=progress)
-                rows.append((s, e, ev))
+                              artifact_dir=Path(tmp) / "artifacts", progress=progress,
+                              finetune=dataclasses.replace(FINETUNE_CONFIG, threads=cfg.threads))
+                by[s, e] = ev
                 log.info("%s ft%g: error %.4f, %.1f s", s, e, ev.record.top1_error, ev.record.seconds)
-    base = rows[0][2].base_error
+                text = render(cfg, by)
+                if out is not None:
+                    out.parent.mkdir(parents=True, exist_ok=True)
+                    out.write_text(text)
+    return text
+
+
+def render(cfg: BenchConfig, by: dict) -> str:
+    """Markdown of the evaluations done so far; cells not run yet say so."""
+    first = next(iter(by.values()))
+    base = first.base_error
     lines = [
         "# Scheme evaluation benchmark",
         "",
-        f"Machine: {machine()}, {os.cpu_count()} logical CPUs (shared with other jobs while measured), "
-        f"torch {torch.__version__} with {cfg.threads} threads, Python {platform.python_version()}.",
+        f"Machine: {machine()}, {os.cpu_count()} logical CPUs, shared with other jobs while measured "
+        f"(load average {os.getloadavg()[0]:.1f} at the last row), torch {torch.__version__} with "
+        f"{cfg.threads} thread(s), Python {platform.python_version()}.",
+        "",
         f"Command: `{shlex.join(['python', '-m', 'bench.evaluate', *sys.argv[1:]])}`",
-        f"Model {cfg.model}, fine-tune seed {cfg.seed}; one evaluation = build the pruned network, "
-        "fine-tune E epochs (SGD, lr 0.01 cosine, batch 128, crop+flip), test on all "
-        f"{rows[0][2].record.test_size} test images. Unmodified model: top-1 error {base:.4f}.",
+        "",
+        f"Model {cfg.model}, fine-tune seed {cfg.seed}. One evaluation = build the pruned network, "
+        "fine-tune E epochs (SGD, lr 0.01 cosine, batch 128, crop+flip; 0.25 epoch = 118 steps), "
+        f"test on all {first.record.test_size} test images. Unmodified model: top-1 error {base:.4f}.",
         "",
         "## Seconds per evaluation",
         "",
         "| scheme | " + " | ".join(f"E={e:g}: total s (fine-tune s / test s)" for e in cfg.epochs) + " |",
         "|---|" + "---|" * len(cfg.epochs),
     ]
-    by = {(s, e): ev for s, e, ev in rows}
     for s in cfg.schemes:
         cells = [f"{by[s, e].record.seconds:.1f} ({by[s, e].finetune_s:.1f} / {by[s, e].test_s:.1f})"
-                 for e in cfg.epochs]
+                 if (s, e) in by else "not run" for e in cfg.epochs]
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Accuracy recovered by fine-tuning (aggressive schemes)",
         "",
-        "Top-1 error (accuracy loss against the unmodified model, percentage points).",
+        "Top-1 error (accuracy loss against the unmodified model, percentage points); the last "
+        "column is the error that the largest budget run removed against no fine-tuning.",
         "",
-        "| scheme | " + " | ".join(f"E={e:g}" for e in cfg.epochs) + " | recovered by the largest E |",
+        "| scheme | " + " | ".join(f"E={e:g}" for e in cfg.epochs) + " | recovered |",
         "|---|" + "---|" * (len(cfg.epochs) + 1),
     ]
     for s in cfg.schemes:
-        cells = [f"{by[s, e].record.top1_error:.4f} ({100 * by[s, e].accuracy_loss:+.2f})" for e in cfg.epochs]
-        gain = by[s, cfg.epochs[0]].record.top1_error - by[s, cfg.epochs[-1]].record.top1_error
-        lines.append(f"| {s} | " + " | ".join(cells) + f" | {100 * gain:.2f} pp |")
+        cells = [f"{by[s, e].record.top1_error:.4f} ({100 * by[s, e].accuracy_loss:+.2f})"
+                 if (s, e) in by else "not run" for e in cfg.epochs]
+        done = [e for e in cfg.epochs if (s, e) in by]
+        gain = (f"{100 * (by[s, done[0]].record.top1_error - by[s, done[-1]].record.top1_error):.2f} pp "
+                f"(E={done[-1]:g})" if len(done) > 1 and done[0] == 0 else "-")
+        lines.append(f"| {s} | " + " | ".join(cells) + f" | {gain} |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,10 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(schemes=tuple(s.strip() for s in args.schemes.split(",") if s.strip()),
                       epochs=tuple(float(e) for e in args.epochs.split(",") if e.strip()),
                       seed=args.seed, threads=args.threads)
-    text = run(cfg, progress=not args.no_progress)
+    text = run(cfg, out=args.out, progress=not args.no_progress)
     print(text, end="")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
     return 0
 
 
