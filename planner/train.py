@@ -178,8 +178,8 @@ def predict_logits(net: nn.Module, preprocess: Callable[[torch.Tensor], torch.Te
 
 
 def top1_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """Fraction of (N, K) logits whose argmax is not the (N,) label."""
-    return float((logits.argmax(1) != labels).float().mean())
+    """Fraction of (N, K) logits whose argmax is not the (N,) label: wrong / N, exactly."""
+    return int((logits.argmax(1) != labels).sum()) / labels.numel()
 
 
 def train_model(model_name: str, cfg: TrainConfig = TrainConfig(), out: str | Path | None = None,
