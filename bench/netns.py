@@ -263,6 +263,11 @@ def cleanup_stale(prefix: str = DEFAULT_PREFIX, include_live: bool = False) -> l
     return removed
 
 
+def netns_exec_prefix(ns: str) -> list[str]:
+    """argv prefix entering only the network namespace `ns` (keeps /sys/fs/cgroup visible)."""
+    return ["nsenter", f"--net=/run/netns/{ns}", "--"]
+
+
 class ShapedLink:
     """Two namespaces (device, cloud) joined by a veth pair; device->cloud shaped by tc.
 
@@ -384,10 +389,14 @@ class ShapedLink:
 
     # --- processes -----------------------------------------------------------------------------
     def exec_prefix(self, ns: str) -> list[str]:
-        """argv prefix that runs a command inside `ns` (for helpers that take a prefix)."""
+        """argv prefix that runs a command in `ns`'s network (for helpers that take a prefix).
+
+        `nsenter --net` switches only the network namespace; `ip netns exec` would also
+        remount /sys and hide /sys/fs/cgroup, which the device's --cpu-quota needs.
+        """
         if ns not in (self.device_ns, self.cloud_ns):
             raise ValueError(f"expected {self.device_ns!r} or {self.cloud_ns!r}, got {ns!r}")
-        return ["ip", "netns", "exec", ns]
+        return netns_exec_prefix(ns)
 
     def run_in(self, ns: str, argv: list[str], **popen_kwargs) -> subprocess.Popen:
         """Start argv inside namespace `ns`; it is terminated (then killed) at close()."""

@@ -1,8 +1,6 @@
 """Gather bench/results/*.md into BENCHMARKS.md (`python -m bench.report`)."""
 from __future__ import annotations
 
-from pathlib import Path
-
 from bench.common import RESULTS
 
 ROOT = RESULTS.parent.parent

@@ -61,15 +61,16 @@ class ServedModel:
         return partition_shapes(net.spec, self.input_hw)
 
     @torch.inference_mode()
-    def measure(self, repeats: int) -> None:
-        """Tail seconds per partition and full-model seconds on this machine."""
+    def measure(self, repeats: int, warmup: int = 3) -> None:
+        """Tail seconds per partition and full-model seconds on this machine (warm-up
+        first: the first calls of a fresh process are many times slower)."""
         c_in = self.model.spec.in_channels
         image = torch.zeros(1, c_in, *self.input_hw)
-        self.full_model_s = median_seconds(lambda: self.model(image), repeats)
+        self.full_model_s = median_seconds(lambda: self.model(image), repeats, warmup)
         self.tail_s = []
         for p, (c, h, w) in enumerate(self.shapes(self.model)):
             fm = torch.zeros(1, c, h, w)
-            self.tail_s.append(median_seconds(lambda: self.model.tail(fm, p), repeats))
+            self.tail_s.append(median_seconds(lambda: self.model.tail(fm, p), repeats, warmup))
 
     def info(self) -> pb.ModelInfo:
         parts = [

@@ -4,7 +4,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import signal
-import sys
 import threading
 import time
 from concurrent import futures

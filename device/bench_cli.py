@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -36,6 +35,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from bench.netns import netns_exec_prefix
 
 log = logging.getLogger("coinfer-bench")
 
@@ -83,11 +84,6 @@ class LinkBenchConfig:
 
 
 # -- processes ---------------------------------------------------------------------------------
-def netns_prefix(ns: str) -> list[str]:
-    """Enter only the network namespace: keeps /sys/fs/cgroup (the CPU quota) visible."""
-    return ["nsenter", f"--net=/run/netns/{ns}", "--"]
-
-
 class Children:
     """Child processes of the bench; all are stopped by stop_all() (TERM, then KILL)."""
 
@@ -151,7 +147,7 @@ def run_device_infer(children: Children, ns: str, cfg: LinkBenchConfig, cloud: s
     if profile_out is not None:
         argv += ["--profile-out", str(profile_out)]
     argv += list(cfg.images[:cfg.limit]) if cfg.images else ["--dataset", "fashion-mnist", "--limit", str(cfg.limit)]
-    proc = children.popen([*netns_prefix(ns), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = children.popen([*netns_exec_prefix(ns), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         out, err = proc.communicate(timeout=DEVICE_START_S + PER_IMAGE_S * cfg.limit)
     except subprocess.TimeoutExpired:
@@ -326,7 +322,7 @@ def follow_rate_change(cfg: LinkBenchConfig, rate_a: float, rate_b: float, progr
                 argv += ["--stdin"]
             else:
                 argv += ["--dataset", "fashion-mnist", "--loop"]
-            proc = children.popen([*netns_prefix(link.device_ns), *argv], stdout=subprocess.PIPE,
+            proc = children.popen([*netns_exec_prefix(link.device_ns), *argv], stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, stdin=subprocess.PIPE if cfg.images else None, text=True)
             threading.Thread(target=lambda: stderr_tail.extend(proc.stderr.read().splitlines()[-20:]),
                              daemon=True).start()
@@ -621,15 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    if importlib.util.find_spec("bench") is None and (REPO / "bench" / "netns.py").is_file():
-        # an editable install of the source tree: setup.cfg packages only device/cloud/planner/protos
-        sys.path.insert(0, str(REPO))
-    try:
-        from bench.netns import LinkUnavailable, require_net_admin
-    except ImportError as e:
-        print(f"coinfer-bench: needs the source tree's bench package ({e}); run it from the repository "
-              "root or `python -m device.bench_cli`", file=sys.stderr)
-        return 2
+    from bench.netns import LinkUnavailable, require_net_admin
     try:
         require_net_admin()
         if args.quota:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Iterator
 
 import grpc

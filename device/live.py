@@ -26,14 +26,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from planner.accuracy_db import AccuracyDB
 from planner.latency import LatencyModel
 from planner.models import SplitCNN, partition_shapes
 from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
-from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Scheme
+from planner.scheme import Scheme
 from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space,
                             build_candidates, search)
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -155,15 +154,22 @@ class LinkEstimator:
 
 
 # -- bytes -------------------------------------------------------------------------------------
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
 @dataclass
 class ByteRatios:
-    """zstd bytes / packed bytes per (partition, bits), from the frames actually sent."""
+    """Per (partition, bits), from the frames actually sent: zstd bytes / packed bytes, and
+    the device's encode and the cloud's decode seconds."""
 
     alpha: float = 0.2
     ratios: dict[tuple[int, int], float] = field(default_factory=dict)
+    encode_s: dict[tuple[int, int], float] = field(default_factory=dict)
+    decode_s: dict[tuple[int, int], float] = field(default_factory=dict)
     image_ratio: float | None = None   # cloud-only: compressed / raw image bytes
 
-    def observe(self, req: pb.InferRequest) -> None:
+    def observe(self, req: pb.InferRequest, encode_s: float | None = None, decode_s: float | None = None) -> None:
         kind = req.WhichOneof("input")
         if kind == "feature_map":
             fm = req.feature_map
@@ -172,13 +178,14 @@ class ByteRatios:
             packed = math.ceil(fm.channels * fm.height * fm.width * fm.bits / 8)
             if packed == 0:
                 return
-            key, r = (fm.partition, fm.bits), len(fm.payload) / packed
-            old = self.ratios.get(key)
-            self.ratios[key] = r if old is None else (1 - self.alpha) * old + self.alpha * r
+            key = (fm.partition, fm.bits)
+            self.ratios[key] = _ewma(self.ratios.get(key), len(fm.payload) / packed, self.alpha)
+            for table, value in ((self.encode_s, encode_s), (self.decode_s, decode_s)):
+                if value is not None:
+                    table[key] = _ewma(table.get(key), value, self.alpha)
         elif kind == "image":
             raw = req.image.channels * req.image.height * req.image.width
-            r = len(req.image.payload) / raw
-            self.image_ratio = r if self.image_ratio is None else (1 - self.alpha) * self.image_ratio + self.alpha * r
+            self.image_ratio = _ewma(self.image_ratio, len(req.image.payload) / raw, self.alpha)
 
 
 # -- the live profile --------------------------------------------------------------------------
@@ -202,7 +209,9 @@ class LiveState:
             for p, (c, h, w) in zip(self.model.partitions, shapes))
         raw = self.model.spec.in_channels * self.input_hw[0] * self.input_hw[1]
         upload = math.ceil(raw * (self.bytes.image_ratio or 1.0)) + HEADER_BYTES
-        codec = tuple(CodecProfile(p, b, r) for (p, b), r in sorted(self.bytes.ratios.items()))
+        b = self.bytes
+        codec = tuple(CodecProfile(p, bits, r, b.encode_s.get((p, bits), 0.0), b.decode_s.get((p, bits), 0.0))
+                      for (p, bits), r in sorted(b.ratios.items()))
         return Profile(
             model=self.model_name, dataset=self.model.spec.dataset, num_classes=self.model.num_classes,
             base_top1_error=self.base_top1_error, input_shape=(self.model.spec.in_channels, *self.input_hw),

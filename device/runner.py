@@ -1,15 +1,13 @@
 """The device's work in plain Python: run the head, encode, ask the cloud, time it all."""
 from __future__ import annotations
 
-import dataclasses
 import itertools
-import os
 import statistics
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import grpc
 import numpy as np
@@ -62,8 +60,8 @@ class DeviceRunner:
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:12]
         self._kept: dict[tuple[int, int], np.ndarray] = {}
-        # called with (request, response, round trip s) for every answered frame (live measurements)
-        self.on_answer: Callable[[pb.InferRequest, pb.InferResponse, float], None] | None = None
+        # called with (request, response, round trip s, encode s) for every answered frame
+        self.on_answer: Callable[[pb.InferRequest, pb.InferResponse, float, float], None] | None = None
 
     def new_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
@@ -120,13 +118,14 @@ class DeviceRunner:
         try:
             resp, rtt = self.client.infer(req)
             if self.on_answer is not None:
-                self.on_answer(req, resp, rtt)
+                self.on_answer(req, resp, rtt, encode_s)
         except grpc.RpcError as e:
             if e.code() not in FALLBACK_CODES:
                 raise
-            local = self.run(DEVICE_ONLY, image, label)
-            return dataclasses.replace(local, request_id=req.request_id, total_s=time.perf_counter() - t0,
-                                       fallback=f"{e.code().name}: {e.details()}")
+            # the frame keeps its id: one id per frame, fallback or not
+            _, logits, local_s, _ = self.prepare(DEVICE_ONLY, image)
+            return FrameResult(req.request_id, str(DEVICE_ONLY), int(np.argmax(logits)), label, local_s, 0.0,
+                               0, 0.0, 0.0, 0.0, time.perf_counter() - t0, f"{e.code().name}: {e.details()}")
         return FrameResult(req.request_id, str(scheme), int(resp.top1), label, head_s, encode_s,
                            req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0)
 

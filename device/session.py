@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -57,8 +56,8 @@ class LiveSession:
     def __post_init__(self) -> None:
         self.runner.on_answer = self._observe
 
-    def _observe(self, req: pb.InferRequest, resp: pb.InferResponse, rtt_s: float) -> None:
-        self.state.bytes.observe(req)
+    def _observe(self, req: pb.InferRequest, resp: pb.InferResponse, rtt_s: float, encode_s: float) -> None:
+        self.state.bytes.observe(req, encode_s, resp.decode_s)
         self.state.link.observe_inference(req.ByteSize(), rtt_s, resp.decode_s + resp.tail_s)
 
     # -- probing ------------------------------------------------------------------------------

@@ -60,8 +60,7 @@ def _cloud(link: ShapedLink):
 
 
 def _device(link: ShapedLink, cloud: str, *args: str, **kw) -> subprocess.Popen:
-    from device.bench_cli import netns_prefix
-    return subprocess.Popen([*netns_prefix(link.device_ns), sys.executable, "-m", "device", *args,
+    return subprocess.Popen([*link.exec_prefix(link.device_ns), sys.executable, "-m", "device", *args,
                              "--cloud", cloud, "--model", MODEL, "--json"], cwd=REPO, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), **kw)

@@ -1,7 +1,6 @@
 """Split exactness: the lossless split equals the unsplit model, for every model and partition."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
