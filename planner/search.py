@@ -241,6 +241,7 @@ class SearchResult:
                                    # or max_evaluations)
     wall_s: float
     reason: str = ""               # why infeasible
+    stop: str = ""                 # why it stopped: proof, confidence (GP), budget, exhaustive
     evaluated: list[tuple[str, float]] = field(default_factory=list)   # (scheme, error) in order
 
     @property
@@ -261,6 +262,7 @@ class SearchResult:
             "strategy": self.strategy.value,
             "candidates": self.candidates,
             "proven_optimal": self.proven,
+            "stop": self.stop,
             "wall_s": self.wall_s,
             "reason": self.reason or None,
         }
@@ -339,6 +341,15 @@ def search(model: LatencyModel, cands: CandidateSet, req: Requirement, evaluator
         single_end_s=prob.single_end_s, best_single_end=str(prob.best_single[0]), proven=proven,
         wall_s=time.perf_counter() - t0,
         evaluated=[(str(cands.scheme(i)), e) for i, e in evaluated.items()])
+    budget = (config.random_budget if strategy is Strategy.RANDOM else config.max_evaluations)
+    if strategy is Strategy.EXHAUSTIVE:
+        res.stop = "exhaustive"
+    elif proven:
+        res.stop = "proof"
+    elif budget is not None and len(evaluated) >= budget:
+        res.stop = "budget"
+    else:
+        res.stop = "confidence"
     if scheme is None:
         res.reason = prob.infeasible_reason(evaluated)
     return res

@@ -142,9 +142,9 @@ def format_result(r: SearchResult) -> str:
 
 
 def _stop_note(r: SearchResult) -> str:
-    if r.proven:
-        return ", proven optimal under monotonicity)"
-    return ", stopped on the GP's confidence; --prove for a guarantee)"
+    return {"proof": ", proven optimal under monotonicity)",
+            "confidence": ", stopped on the GP's confidence; --prove for a guarantee)",
+            "budget": ", stopped at --max-evaluations: best found, not proven optimal)"}.get(r.stop, ")")
 
 
 def run_frontier(args: argparse.Namespace) -> int:
