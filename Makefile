@@ -47,5 +47,9 @@ bench: $(STAMP) data
 bench-load: $(STAMP) data
 	$(PY) -m bench.load
 
+# root only: namespaces + tc for the links, a cgroup quota for the device
+bench-link: $(STAMP) data
+	$(PY) -m bench.link --quota $(QUOTA)
+
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
