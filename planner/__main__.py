@@ -9,7 +9,7 @@ import sys
 # subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
 # `func(args) -> int` as its default. Tables, not branches.
 SUBCOMMAND_MODULES = (
-    "planner.train_cli",     # train, evaluate
+    "planner.train_cli",     # train, evaluate, evaluate-grid
     "planner.db_cli",        # db import / export / list
     "planner.search_cli",    # search, frontier
     "planner.profile_cli",   # profile
@@ -21,13 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # not built yet
-        module.add_parser(sub)
+        importlib.import_module(name).add_parser(sub)
     return parser
 
 
