@@ -17,7 +17,9 @@ SUBCOMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="coinfer-plan", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="coinfer-plan", description="Plan collaborative inference: train models, evaluate schemes into "
+        "the accuracy database, profile, and search for the scheme that meets a requirement.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
