@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from planner.accuracy_db import AccuracyDB
+from planner.accuracy_db import AccuracyDBError, load_view
 from planner.latency import LatencyModel
 from planner.models import SplitCNN, partition_shapes
 from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
@@ -253,19 +253,13 @@ def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe
     Without fine-tuned artifacts both sides run the unmodified network, which is what an
     evaluation with no fine-tuning measures (recipe `ft0-...`): only those rows count.
     """
-    with AccuracyDB(db_path) as db:
-        base = db.base_error(model, dataset)
-        rows = [r for r in db.records(model, dataset)
-                if r.recipe.startswith(recipe_prefix) and r.scheme.count(":") == 2]
-    if base is None:
-        raise ValueError(f"accuracy database {db_path}: no unmodified-model row for {model} on {dataset}")
-    errors: dict[Scheme, float] = {}
-    for r in sorted(rows, key=lambda r: r.created_at):
-        errors[Scheme.parse(r.scheme)] = r.top1_error
-    if not errors:
-        raise ValueError(f"accuracy database {db_path}: no {recipe_prefix}* rows for {model} on {dataset}; "
-                         f"build them with `coinfer-plan evaluate-grid --model {model} --finetune-epochs 0`")
-    return errors, base
+    try:
+        view = load_view([db_path], model, dataset, recipe=recipe_prefix)
+    except AccuracyDBError as e:
+        hint = (f"; build them with `coinfer-plan evaluate-grid --model {model} --finetune-epochs 0`"
+                if recipe_prefix == "ft0-" else "")
+        raise ValueError(f"{e}{hint}") from e
+    return view.errors, view.base_error
 
 
 @dataclass

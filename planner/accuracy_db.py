@@ -94,8 +94,15 @@ def utc_now_iso() -> str:
 class AccuracyDB:
     """An accuracy database in one SQLite file (created with its schema if absent)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, readonly: bool = False):
+        """`readonly`: open an existing file without changing it (no WAL switch, no schema)."""
         self.path = Path(path)
+        if readonly:
+            if not self.path.is_file():
+                raise AccuracyDBError(f"accuracy database {str(self.path)!r} does not exist")
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True,
+                                         timeout=BUSY_TIMEOUT_S, isolation_level=None)
+            return
         if self.path.parent and not self.path.parent.exists():
             self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, keeping transactions short
@@ -162,6 +169,17 @@ class AccuracyDB:
         out: dict[str, AccuracyRecord] = {}
         for rec in self.records(model, dataset):
             if recipe is not None and rec.recipe != recipe:
+                continue
+            old = out.get(rec.scheme)
+            if old is None or rec.created_at >= old.created_at:
+                out[rec.scheme] = rec
+        return out
+
+    def latest_matching(self, model: str, dataset: str, prefix: str) -> dict[str, AccuracyRecord]:
+        """scheme -> its newest row among recipes starting with `prefix` (schemes only)."""
+        out: dict[str, AccuracyRecord] = {}
+        for rec in self.records(model, dataset):
+            if rec.scheme == BASE_SCHEME or not rec.recipe.startswith(prefix):
                 continue
             old = out.get(rec.scheme)
             if old is None or rec.created_at >= old.created_at:
@@ -286,13 +304,15 @@ class AccuracyView:
 
 
 def load_view(paths: list[str | os.PathLike], model: str, dataset: str | None,
-              base_error: float | None = None) -> AccuracyView:
+              base_error: float | None = None, recipe: str | None = None) -> AccuracyView:
     """Merge seed text files and SQLite databases for one model and dataset.
 
     A scheme recorded in several files takes the value of the last file given (within a
     seed file, its last occurrence; within SQLite, its newest row). The base error is the
     newest BASE_SCHEME row of the last SQLite file that has one, else `base_error` (for
-    seed files: the profile's base_top1_error).
+    seed files: the profile's base_top1_error). SQLite rows of schemes are those whose
+    recipe starts with `recipe`; without it a file must hold a single recipe, since errors
+    of different fine-tune budgets are not comparable.
     """
     errors: dict[Scheme, float] = {}
     db_base: float | None = None
@@ -303,7 +323,7 @@ def load_view(paths: list[str | os.PathLike], model: str, dataset: str | None,
         if is_seed_text(path):
             errors.update(read_seed(path))
             continue
-        with AccuracyDB(path) as db:
+        with AccuracyDB(path, readonly=True) as db:
             if dataset is None:
                 sets = sorted({d for m, d in db.pairs() if m == model})
                 if len(sets) != 1:
@@ -317,6 +337,16 @@ def load_view(paths: list[str | os.PathLike], model: str, dataset: str | None,
                 raise AccuracyDBError(
                     f"{path}: expected rows for model {model!r} and dataset {ds!r}, "
                     f"got only {db.pairs()}")
+            recipes = sorted({r.recipe for r in db.records(model, ds) if r.scheme != BASE_SCHEME})
+            if recipe is None and len(recipes) > 1:
+                raise AccuracyDBError(f"{path}: holds recipes {', '.join(recipes)} for {model}; "
+                                      f"choose one with --recipe")
+            if recipe is not None:
+                latest = {s: r for s, r in latest.items() if s == BASE_SCHEME}
+                latest.update(db.latest_matching(model, ds, recipe))
+                if len(latest) <= 1:
+                    raise AccuracyDBError(f"{path}: no {recipe}* rows for {model} on {ds}; it holds "
+                                          f"{', '.join(recipes) or 'none'}")
         for scheme, rec in latest.items():
             if scheme == BASE_SCHEME:
                 db_base = rec.top1_error

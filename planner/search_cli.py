@@ -66,6 +66,8 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="round-trip time added per message (default: the profile's, else 0)")
     p.add_argument("--model", default=None, help="model name in the databases (default: the profile's)")
     p.add_argument("--dataset", default=None, help="dataset name in the databases (default: the profile's)")
+    p.add_argument("--recipe", metavar="PREFIX",
+                   help="SQLite rows of this fine-tune recipe (e.g. ft0.1-, ft0-); needed when a file holds several")
     p.add_argument("--json", action="store_true", help="last line of stdout is one JSON object")
 
 
@@ -77,7 +79,8 @@ def _fail(cmd: str, msg: str, code: int) -> int:
 def _load(args):
     profile = load_profile(args.profile)
     model_name = args.model or profile.model
-    view = load_view(args.db, model_name, args.dataset or profile.dataset, profile.base_top1_error)
+    view = load_view(args.db, model_name, args.dataset or profile.dataset, profile.base_top1_error,
+                     args.recipe)
     lat = LatencyModel.from_profile(profile, args.bandwidth_mbps, args.rtt_s)
     return profile, model_name, view, lat
 

@@ -1,6 +1,7 @@
 """The accuracy database: upserts, concurrent writers, the seed's `P+C-B*E` format."""
 from __future__ import annotations
 
+import sqlite3
 import multiprocessing as mp
 from pathlib import Path
 
@@ -124,3 +125,42 @@ def test_seed_import_then_export_reproduces_file(tmp_path, name):
     # a second import is idempotent
     assert import_seed(db, path, "vgg16_bn", "stanford_cars", 0.151) == n
     assert len(db.records("vgg16_bn", "stanford_cars")) == n + 1
+
+
+def _two_recipes(path):
+    from planner.accuracy_db import BASE_SCHEME
+    with AccuracyDB(path) as db:
+        db.upsert(AccuracyRecord("m", "d", BASE_SCHEME, "weights-x", 0.10, 100, 1.0))
+        db.upsert(AccuracyRecord("m", "d", "1:2:3", "ft0-seed0", 0.50, 100, 1.0))
+        db.upsert(AccuracyRecord("m", "d", "1:2:3", "ft0.1-seed0", 0.20, 100, 1.0))
+        db.upsert(AccuracyRecord("m", "d", "2:2:3", "ft0.1-seed0", 0.30, 100, 1.0))
+        db._conn.execute("PRAGMA journal_mode = DELETE")
+
+
+def test_load_view_keeps_fine_tune_budgets_apart(tmp_path):
+    from planner.accuracy_db import load_view
+    from planner.scheme import Scheme
+    path = tmp_path / "mixed.sqlite"
+    _two_recipes(path)
+    with pytest.raises(AccuracyDBError, match="ft0-seed0, ft0.1-seed0.*--recipe"):
+        load_view([path], "m", "d")
+    tuned = load_view([path], "m", "d", recipe="ft0.1-")
+    assert tuned.errors == {Scheme.parse("1:2:3"): 0.20, Scheme.parse("2:2:3"): 0.30} and tuned.base_error == 0.10
+    untuned = load_view([path], "m", "d", recipe="ft0-")
+    assert untuned.errors == {Scheme.parse("1:2:3"): 0.50}
+    with pytest.raises(AccuracyDBError, match="no ft1-\\* rows"):
+        load_view([path], "m", "d", recipe="ft1-")
+
+
+def test_reading_leaves_the_file_unchanged(tmp_path):
+    """A shipped database under version control stays byte-identical when only read."""
+    from planner.accuracy_db import load_view
+    path = tmp_path / "shipped.sqlite"
+    _two_recipes(path)
+    before = path.read_bytes()
+    load_view([path], "m", "d", recipe="ft0.1-")
+    with AccuracyDB(path, readonly=True) as db:
+        assert len(db.records()) == 4
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            db._conn.execute("DELETE FROM accuracy")
+    assert path.read_bytes() == before and not (tmp_path / "shipped.sqlite-wal").exists()

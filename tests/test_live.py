@@ -124,7 +124,7 @@ def test_auto_without_runnable_rows_names_the_fix(fmnist_cloud, tmp_path):
         [sys.executable, "-m", "device", "infer", "--cloud", fmnist_cloud.address, "--scheme", "auto",
          "--db", str(empty), "--dataset", "fashion-mnist", "--limit", "2"], cwd=REPO, capture_output=True,
         text=True, timeout=300)
-    assert out.returncode == 2 and "no unmodified-model row" in out.stderr, out.stderr
+    assert out.returncode == 2 and "expected rows for model 'fmnist-vgg'" in out.stderr, out.stderr
 
 
 def test_device_run_daemon_streams_until_limit(fmnist_cloud, live_db):
