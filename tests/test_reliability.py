@@ -198,3 +198,26 @@ def test_fuzzed_requests_get_results_or_defined_statuses(fmnist_cloud):
         check()
         assert health_status(c.channel) == health_pb2.HealthCheckResponse.SERVING
     assert grpc.StatusCode.INVALID_ARGUMENT in seen and grpc.StatusCode.NOT_FOUND in seen
+
+
+def test_concurrency_bound_answers_resource_exhausted():
+    """With one call allowed, a second call while a slow one runs is refused, not queued."""
+    cloud = CloudProcess("--model", "vgg11_bn", "--input-size", "448", "--profile-repeats", "0",
+                         "--max-concurrent-rpcs", "1")
+    from device import codec
+    image = np.random.default_rng(1).integers(0, 256, (3, 448, 448), dtype=np.uint8)
+    slow = pb.InferRequest(request_id="slow", model="vgg11_bn", image=codec.encode_image(image))
+    try:
+        with CloudClient(ClientConfig(cloud.address, timeout_s=120)) as c:
+            done = {}
+            t = threading.Thread(target=lambda: done.update(r=c.infer(slow)[0]))
+            t.start()
+            time.sleep(0.5)
+            with pytest.raises(grpc.RpcError) as err:
+                c.probe(10, 10)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            t.join(60)
+            assert done["r"].request_id == "slow"
+            assert c.probe(10, 10).up_bytes == 10          # free again
+    finally:
+        assert cloud.stop() == 0
