@@ -5,11 +5,9 @@ The gRPC servicer (cloud/servicer.py) only converts messages and maps exceptions
 from __future__ import annotations
 
 import logging
-import statistics
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable
 
 import numpy as np
 import torch
@@ -19,6 +17,7 @@ from cloud.errors import (ArtifactMismatchError, DeadlineExpiredError, MissingIn
 from cloud.limits import AnswerCache, InflightBudget
 from device import codec
 from planner.models import SplitCNN, UnknownModelError, partition_shapes
+from planner.profile import median_seconds
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -29,20 +28,6 @@ def software_version() -> str:
         return metadata.version("opt-coinfer")
     except metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-def median_seconds(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of `fn` over `repeats` runs after `warmup` runs; 0.0 when repeats is 0."""
-    if repeats <= 0:
-        return 0.0
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 @dataclass

@@ -189,17 +189,25 @@ class MeasureConfig:
     threads: int | None = None   # torch intra-op threads (None: torch's default)
 
 
-def _median_s(fn, cfg: MeasureConfig) -> float:
+def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of `fn()` over `repeats` timed runs after `warmup` untimed ones
+    (time.perf_counter); 0.0 when repeats is 0."""
     import statistics
     import time
-    for _ in range(cfg.warmup):
+    if repeats <= 0:
+        return 0.0
+    for _ in range(warmup):
         fn()
     times = []
-    for _ in range(cfg.repeats):
+    for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def _median_s(fn, cfg: MeasureConfig) -> float:
+    return median_seconds(fn, cfg.repeats, cfg.warmup)
 
 
 def measure_profile(model_name: str, cfg: MeasureConfig = MeasureConfig(), weights: str | None = None,
