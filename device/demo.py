@@ -42,7 +42,7 @@ def run_scheme(prefix: list[str], address: str, model: str, scheme: str, limit: 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m device.demo", description=__doc__)
     parser.add_argument("--model", default="fmnist-vgg")
-    parser.add_argument("--limit", type=int, default=300, help="test images per scheme")
+    parser.add_argument("--limit", type=int, default=200, help="test images per scheme")
     parser.add_argument("--rate-mbps", type=float, default=0.05, help="shaped uplink rate (root only)")
     parser.add_argument("--quota", type=float, default=0.1, help="device CPU fraction (root only)")
     parser.add_argument("--max-accuracy-loss", type=float, default=0.01, help="requirement of `auto`")
