@@ -4,7 +4,7 @@ from __future__ import annotations
 from bench.common import RESULTS
 
 ROOT = RESULTS.parent.parent
-ORDER = ["codec", "runtime", "load", "evaluate", "search", "search_full", "netns", "link"]
+ORDER = ["codec", "runtime", "load", "evaluate", "search", "search_full", "netns", "link", "link_rate_change"]
 INTRO = """# Benchmarks
 
 Every figure below was produced by the command named in its section, on the machine named
@@ -16,7 +16,7 @@ and noisy; absolute times drift). Regenerate a section with its command, then
 |---|---|
 | `make bench` | codec, runtime |
 | `make bench-load` | load |
-| `make bench-link` (root) | netns, link |
+| `make bench-link` (root) | netns, link, link_rate_change |
 | `python -m bench.evaluate`, `python -m bench.search` | evaluate, search, search_full |
 """
 
