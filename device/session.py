@@ -6,6 +6,7 @@ and a background prober watches for its return; then the planned scheme resumes.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -51,7 +52,6 @@ class LiveSession:
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
     _prober: threading.Thread | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.runner.on_answer = self._observe
@@ -121,7 +121,7 @@ class LiveSession:
         if planned is None or planned.is_split or planned == Scheme.parse("cloud-only"):
             if planned is None or not self.cloud_up:
                 r = self.runner.run(DEVICE_ONLY, image, label)
-                r = FrameResult(**{**r.as_dict(), "fallback": "cloud unreachable (probing)"})
+                r = dataclasses.replace(r, fallback="cloud unreachable (probing)")
             else:
                 r = self.runner.run(planned, image, label)
                 if r.fallback:
