@@ -108,6 +108,7 @@ class LinkEstimator:
     bandwidth_mbps: float | None = None
     rtt_s: float | None = None
     samples: int = 0
+    last_sample_at: float | None = None   # time.monotonic() of the latest bandwidth sample
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def _mix(self, old: float | None, new: float) -> float:
@@ -125,6 +126,11 @@ class LinkEstimator:
         with self._lock:
             self.bandwidth_mbps = self._mix(self.bandwidth_mbps, mbps)
             self.samples += 1
+            self.last_sample_at = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds since the latest bandwidth sample (infinite before the first)."""
+        return math.inf if self.last_sample_at is None else time.monotonic() - self.last_sample_at
 
     def observe_inference(self, wire_bytes: int, rtt_s: float, server_s: float) -> None:
         """Passive sample from a frame: bytes over (round trip - cloud compute - base RTT)."""
@@ -134,7 +140,11 @@ class LinkEstimator:
 
     def probe(self, client, target_s: float = 0.25, max_bytes: int = 1 << 20) -> None:
         """Active measurement: base RTT from tiny probes, then probes growing until one
-        takes about `target_s`, so slow and fast links are both measured in bounded time."""
+        takes about `target_s`, so slow and fast links are both measured in bounded time.
+
+        The caller keeps other traffic off the link meanwhile (LiveSession holds its link
+        lock): a probe queued behind a frame's upload inflates the base RTT, and every
+        sample taken against that base then over-estimates the bandwidth."""
         rtts = [client.probe(1, 1) for _ in range(3)]
         base = statistics.median(r.rtt_s - r.server_s for r in rtts)
         with self._lock:

@@ -3,6 +3,11 @@
 Frames are processed one at a time, in order; the scheme can change only between frames,
 so none is dropped or run twice. While the cloud is unreachable, frames run device-only
 and a background prober watches for its return; then the planned scheme resumes.
+
+The link is measured passively from frames while they flow; the prober sends active probes
+only when no bandwidth sample arrived for `probe_interval_s` (device-only plans, small
+frames), and never while a frame is on the link: both take the session's link lock, so a
+probe never queues behind an upload (or delays one by more than the probe's own time).
 """
 from __future__ import annotations
 
@@ -51,6 +56,7 @@ class LiveSession:
     down_probe_interval_s: float = 1.0   # reachability probe while it is down
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
+    _link: threading.Lock = field(default_factory=threading.Lock)   # one user of the uplink at a time
     _prober: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -77,13 +83,16 @@ class LiveSession:
             if self.state.model_name not in info:
                 raise RuntimeError(f"the cloud does not serve {self.state.model_name}")
             self.state.server = info[self.state.model_name]
-        self.state.link.probe(self.client)
+        with self._link:
+            self.state.link.probe(self.client)
 
     def _probe_loop(self) -> None:
         while not self._stop.wait(self.probe_interval_s if self.cloud_up else self.down_probe_interval_s):
             try:
                 if self.cloud_up:
-                    self.state.link.probe(self.client, target_s=0.1)
+                    if self.state.link.idle_for() >= self.probe_interval_s:   # frames measure it otherwise
+                        with self._link:
+                            self.state.link.probe(self.client, target_s=0.1)
                 else:
                     self._connect()
                     log.info("cloud is back; resuming the planned scheme")
@@ -123,7 +132,8 @@ class LiveSession:
                 r = self.runner.run(DEVICE_ONLY, image, label)
                 r = dataclasses.replace(r, fallback="cloud unreachable (probing)")
             else:
-                r = self.runner.run(planned, image, label)
+                with self._link:
+                    r = self.runner.run(planned, image, label)
                 if r.fallback:
                     self.cloud_up = False
         else:

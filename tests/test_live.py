@@ -48,6 +48,8 @@ def test_link_estimator_smooths_and_ignores_short_transfers():
     est.observe_inference(wire_bytes=125_000, rtt_s=0.510 + 0.005, server_s=0.005)  # 2 Mbps sample
     assert est.bandwidth_mbps == pytest.approx(1.5)                     # halfway at alpha 0.5
     assert est.samples == 2
+    assert 0 <= est.idle_for() < 60                                     # the session's prober waits on it
+    assert LinkEstimator().idle_for() == float("inf")
 
 
 def test_byte_ratios_follow_the_traffic(model):
@@ -177,3 +179,58 @@ def test_daemon_starts_without_its_cloud_and_plans_once_it_appears(live_db, tmp_
     assert lines[-1]["bandwidth_mbps"] > 0
     summary = json.loads(rest.strip().splitlines()[-1])
     assert summary["images"] == len(lines) + len(rest.strip().splitlines()) - 1
+
+
+class _CallLog:
+    """Records the (start, end) of a real client's calls; the calls themselves go through."""
+
+    def __init__(self, client, *names):
+        import threading
+        import time
+        self.spans: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
+        self._lock = threading.Lock()
+        for name in names:
+            real = getattr(client, name)
+
+            def timed(*a, _real=real, _name=name, **kw):
+                t0 = time.monotonic()
+                try:
+                    return _real(*a, **kw)
+                finally:
+                    with self._lock:
+                        self.spans[_name].append((t0, time.monotonic()))
+            setattr(client, name, timed)
+
+
+def _session(cloud_address, model, scheme, probe_interval_s):
+    from device.live import measure_device_times
+    from device.session import LiveSession
+    client = CloudClient(ClientConfig(cloud_address))
+    state = LiveState("fmnist-vgg", model, (28, 28), measure_device_times(model, (28, 28), repeats=1), None, None)
+    session = LiveSession(DeviceRunner(model, "fmnist-vgg", client), client, state, None,
+                          fixed=Scheme.parse(scheme), probe_interval_s=probe_interval_s)
+    return client, state, session
+
+
+def test_active_probes_never_share_the_link_with_a_frame(fmnist_cloud, model):
+    """A probe queued behind an upload inflates the base RTT and then every bandwidth
+    sample; the session keeps probes and frames apart, and probes only when frames give
+    no samples (cloud-only images here are far below the passive minimum)."""
+    from planner.data import load_fashion_mnist
+    images = load_fashion_mnist("test")[0][:60].numpy()
+    client, state, session = _session(fmnist_cloud.address, model, "cloud-only", probe_interval_s=0.02)
+    calls = _CallLog(client, "infer", "probe")
+    try:
+        session.start()
+        for img in images:
+            session.process(img)
+    finally:
+        session.close()
+        client.close()
+    frames, probes = calls.spans["infer"], calls.spans["probe"]
+    assert len(frames) == 60
+    assert len(probes) > 4, "no active probe ran while frames gave no bandwidth samples"
+    overlaps = [(f, p) for f in frames for p in probes if p[0] < f[1] and f[0] < p[1]]
+    assert not overlaps, f"{len(overlaps)} probes overlapped a frame, first {overlaps[0]}"
+    assert state.link.bandwidth_mbps > 0 and state.link.samples > 1
+
