@@ -10,7 +10,8 @@
 - vgg16_bn at 224x224 at 0.5, 1 and 2 Mbps with random-initialised weights (196 classes, as
   the seed's Stanford Cars head): timing and bytes on generated images (no accuracy is
   claimed from them); auto planned on the seed's accuracy files, imported at run time into
-  a database under /tmp with recipe `seed-import` (the seed files stay in ../shared/seed).
+  a database under /tmp with recipe `seed-import` (the seed files stay in ../shared/seed);
+  plus a tc rate change 0.5 -> 2 Mbps during an auto run under --latency-ratio 0.7.
 Device CPU quota 0.1 throughout (a Raspberry-Pi-class device, bench/results/netns.md).
 """
 from __future__ import annotations
@@ -49,7 +50,7 @@ MATRIX = (
     MatrixEntry("fmnist-vgg", (0.05, 0.5, 1.0, 2.0), ("1:8:4", "3:16:2", "3:64:4", "5:128:8"), limit=30,
                 rate_change=(0.05, 2.0), rate_change_requirement=("--max-latency-s", "0.1")),
     MatrixEntry("vgg16_bn", (0.5, 1.0, 2.0), ("1:9:8", "3:34:8", "12:400:8"), limit=3, num_classes=196,
-                input_hw=(224, 224)),
+                input_hw=(224, 224), rate_change=(0.5, 2.0), rate_change_requirement=("--latency-ratio", "0.7")),
 )
 
 
@@ -116,9 +117,13 @@ NOTES = """\
   device's own estimate at the end of that run. Bytes: where auto never sent a (P, B) (or an
   image) the ratio is the one that scheme's own frames showed ("bytes from: this scheme's
   frames"), i.e. what the device learns after one frame, so the error is the time model's.
-  The live profile has no encode time (codec entries carry encode_s = 0), so the quantize +
-  pack + zstd seconds of the device (large under a 0.1 CPU quota) are missing from split
-  predictions; see the per-scheme encode column in the JSON.
+  Encode (quantize + pack + zstd, slow under a 0.1 CPU quota) is priced per value sent
+  (C*H*W): measured at start-up on every cut, then learned from the frames sent; decode per
+  value is learned from the cloud's answers.
+- Bandwidth: the Probe rpc at start-up, then passive samples from frames of 1500 bytes and
+  more; active probes run only when no sample came for 5 s, and never while a frame is on
+  the link (a probe queued behind an upload had inflated the base RTT, and with it every
+  later sample: the 3.07x estimate at 2 Mbps in the previous run of this table).
 - The CPU quota is CFS bandwidth control (10 ms of CPU per 100 ms period at 0.1): a job
   shorter than the budget left in the period runs at full speed, a longer one waits for the
   next periods. fmnist-vgg frames take ~1 ms of CPU, so most of them run unthrottled and

@@ -51,12 +51,44 @@ class DeviceTimes:
     full_model_s: float          # median seconds for the whole network
     repeats: int
     cpu_quota: float | None      # fraction of one CPU the process was confined to
+    encode_s_per_value: float = 0.0   # quantize + pack + zstd seconds per feature-map value
+
+
+ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
+
+
+@torch.inference_mode()
+def measure_encode_s_per_value(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 3) -> float:
+    """Median seconds to encode one value (all channels, ENCODE_BITS bits) at every cut,
+    weighted by size: sum of seconds / sum of values.  Before the device has sent a frame,
+    this prices the encode of any P:C:B."""
+    from device import codec
+    image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(1))
+    x = model.preprocess(image)
+    ends = {p.feature_end: p.index for p in model.partitions}
+    maps = []
+    for i, layer in enumerate(model.features):
+        x = layer(x)
+        if i + 1 in ends:
+            maps.append((ends[i + 1], x[0].numpy()))
+    seconds = values = 0.0
+    for p, fm in maps:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            codec.encode_feature_map(fm, p, None, ENCODE_BITS)
+            times.append(time.perf_counter() - t0)
+        seconds += statistics.median(times)
+        values += fm.size
+    return seconds / values if values else 0.0
 
 
 @torch.inference_mode()
 def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 5,
                          warmup: int = 1, cpu_quota: float | None = None) -> DeviceTimes:
-    """One timed pass through the network gives the head time of every partition."""
+    """One timed pass through the network gives the head time of every partition; then the
+    encoder's seconds per value."""
     ends = {p.feature_end: p.index for p in model.partitions}
     image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
@@ -73,7 +105,8 @@ def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: in
         if r >= warmup:
             runs.append((marks, time.perf_counter() - t0))
     heads = tuple(statistics.median(m[p] for m, _ in runs) for p in range(len(model.partitions)))
-    return DeviceTimes(heads, statistics.median(t for _, t in runs), repeats, cpu_quota)
+    return DeviceTimes(heads, statistics.median(t for _, t in runs), repeats, cpu_quota,
+                       measure_encode_s_per_value(model, input_hw))
 
 
 def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
@@ -85,14 +118,16 @@ def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, in
     if path.is_file() and not refresh:
         try:
             d = json.loads(path.read_text())
-            return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"])
+            return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"],
+                               float(d["encode_s_per_value"]))
         except (ValueError, KeyError, TypeError):
-            log.warning("ignoring unreadable device-time cache %s", path)
+            log.warning("re-measuring: device-time cache %s is unreadable or from an older version", path)
     times = measure_device_times(model, input_hw, repeats, cpu_quota=cpu_quota)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "head_s": times.head_s, "full_model_s": times.full_model_s,
-                                    "repeats": times.repeats, "cpu_quota": times.cpu_quota}))
+                                    "repeats": times.repeats, "cpu_quota": times.cpu_quota,
+                                    "encode_s_per_value": times.encode_s_per_value}))
     except OSError as e:
         log.warning("cannot cache device times at %s: %s", path, e)
     return times
@@ -171,12 +206,15 @@ def _ewma(old: float | None, new: float, alpha: float) -> float:
 @dataclass
 class ByteRatios:
     """Per (partition, bits), from the frames actually sent: zstd bytes / packed bytes, and
-    the device's encode and the cloud's decode seconds."""
+    the device's encode and the cloud's decode seconds; over all frames, those seconds per
+    value sent (C*H*W), which price any channel count."""
 
     alpha: float = 0.2
     ratios: dict[tuple[int, int], float] = field(default_factory=dict)
     encode_s: dict[tuple[int, int], float] = field(default_factory=dict)
     decode_s: dict[tuple[int, int], float] = field(default_factory=dict)
+    encode_s_per_value: float | None = None
+    decode_s_per_value: float | None = None
     image_ratio: float | None = None   # cloud-only: compressed / raw image bytes
 
     def observe(self, req: pb.InferRequest, encode_s: float | None = None, decode_s: float | None = None) -> None:
@@ -193,6 +231,11 @@ class ByteRatios:
             for table, value in ((self.encode_s, encode_s), (self.decode_s, decode_s)):
                 if value is not None:
                     table[key] = _ewma(table.get(key), value, self.alpha)
+            values = fm.channels * fm.height * fm.width
+            if encode_s is not None:
+                self.encode_s_per_value = _ewma(self.encode_s_per_value, encode_s / values, self.alpha)
+            if decode_s is not None:
+                self.decode_s_per_value = _ewma(self.decode_s_per_value, decode_s / values, self.alpha)
         elif kind == "image":
             raw = req.image.channels * req.image.height * req.image.width
             self.image_ratio = _ewma(self.image_ratio, len(req.image.payload) / raw, self.alpha)
@@ -231,6 +274,8 @@ class LiveState:
                             + (f", CPU quota {self.device.cpu_quota:g}" if self.device.cpu_quota else ""),
             cloud_hardware="coinfer-cloud (server-info)", rtt_s=self.link.rtt_s, codec=codec,
             side_bytes_per_channel=SIDE_BYTES_PER_CHANNEL, header_bytes=HEADER_BYTES,
+            encode_s_per_value=b.encode_s_per_value or self.device.encode_s_per_value,
+            decode_s_per_value=b.decode_s_per_value or 0.0,
             measured={"bandwidth_mbps": self.link.bandwidth_mbps, "link_samples": self.link.samples,
                       "device_repeats": self.device.repeats, "source": "coinfer-device live"})
 

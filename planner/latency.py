@@ -7,7 +7,9 @@
     wire_bytes = ceil(ceil(C*H*W*B/8) * ratio[P,B]) + C*side_bytes_per_channel + header_bytes
 
 `ratio` is the measured zstd ratio when the profile has one and the bytes model uses it,
-else 1; side and header bytes are 0 unless modelled. With the seed's profile this is the
+else 1; side and header bytes are 0 unless modelled.  encode_s and decode_s are the
+profile's seconds per value sent times C*H*W when it has them (a live profile), else the
+codec table's seconds at (P, B), else 0. With the seed's profile this is the
 seed's model in SI units (shared/seed/README.md).
 """
 from __future__ import annotations
@@ -120,6 +122,9 @@ class LatencyModel:
         part = self._split_part(scheme)
         codec = prof.codec_entry(scheme.partition, scheme.bits)
         enc, dec = (codec.encode_s, codec.decode_s) if codec else (0.0, 0.0)
+        values = scheme.channels * part.height * part.width
+        enc = prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
+        dec = prof.decode_s_per_value * values if prof.decode_s_per_value > 0 else dec
         return LatencyBreakdown(scheme, part.device_head_s + enc, self.link.transfer_s(nbytes),
                                 dec + part.cloud_tail_s, nbytes)
 
@@ -154,10 +159,15 @@ class LatencyModel:
                     ratio[c.partition, c.bits] = c.zstd_ratio
                 enc[c.partition, c.bits] = c.encode_s
                 dec[c.partition, c.bits] = c.decode_s
+        values = channels * hw[partition]
+        enc_s = (values * self.profile.encode_s_per_value if self.profile.encode_s_per_value > 0
+                 else enc[partition, bits])
+        dec_s = (values * self.profile.decode_s_per_value if self.profile.decode_s_per_value > 0
+                 else dec[partition, bits])
         packed = (channels * hw[partition] * bits + 7) // 8
         per_ch, header = self._side()
         scaled = packed * ratio[partition, bits]
         nbytes = np.where(ratio[partition, bits] == 1.0, packed, np.ceil(scaled)) + channels * per_ch + header
         transfer = nbytes * 8.0 / (self.link.bandwidth_mbps * 1e6) + self.link.rtt_s
         # same association as LatencyBreakdown.total_s, so scalar and vector agree bit for bit
-        return (head[partition] + enc[partition, bits]) + transfer + (dec[partition, bits] + tail[partition])
+        return (head[partition] + enc_s) + transfer + (dec_s + tail[partition])

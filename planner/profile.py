@@ -6,8 +6,9 @@ One loader, `load_profile`, reads both
   partition, conv_channels, after_pooling, height, width, device_head_s, cloud_tail_s;
 - the project's format (`"format": "opt-coinfer-profile/1"`, written by `save_profile`):
   the same fields plus optional `rtt_s`, a `codec` table (zstd ratio and encode/decode
-  seconds per (partition, bits)), side-data bytes and a `measured` block saying where
-  and how it was measured.
+  seconds per (partition, bits)), `codec_s_per_value` (device encode and cloud decode
+  seconds per feature-map value sent, C*H*W: prices any P:C:B, also one never sent),
+  side-data bytes and a `measured` block saying where and how it was measured.
 """
 from __future__ import annotations
 
@@ -69,6 +70,8 @@ class Profile:
     codec: tuple[CodecProfile, ...] = ()     # measured zstd per (P, B); empty: none
     side_bytes_per_channel: int = 0          # per-channel quantization side data, bytes
     header_bytes: int = 0                    # fixed per-message overhead, bytes
+    encode_s_per_value: float = 0.0          # device encode s per value sent (C*H*W); 0: use codec
+    decode_s_per_value: float = 0.0          # cloud decode s per value sent; 0: use codec
     measured: dict[str, Any] = field(default_factory=dict, compare=False)  # host, repeats...
 
     def __post_init__(self) -> None:
@@ -118,6 +121,12 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
     for c in codec:
         if not (c.zstd_ratio > 0 and math.isfinite(c.zstd_ratio)):
             raise ProfileError(f"{where}: expected zstd_ratio > 0, got {c.zstd_ratio} at {c.partition}:{c.bits}")
+    per_value = d.get("codec_s_per_value") or {}
+    if not isinstance(per_value, dict):
+        raise ProfileError(f"{where}: expected codec_s_per_value as an object, got {per_value!r}")
+    enc_pv, dec_pv = (float(per_value.get(k) or 0.0) for k in ("encode_s", "decode_s"))
+    if not (0 <= enc_pv < math.inf and 0 <= dec_pv < math.inf):
+        raise ProfileError(f"{where}: expected codec_s_per_value seconds >= 0, got {per_value!r}")
     base = d.get("base_top1_error")
     rtt = d.get("rtt_s")
     return Profile(
@@ -133,7 +142,8 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
         bandwidths_mbps=tuple(float(b) for b in d.get("bandwidths_mbps", ())),
         rtt_s=None if rtt is None else float(rtt), codec=codec,
         side_bytes_per_channel=int(d.get("side_bytes_per_channel", 0)),
-        header_bytes=int(d.get("header_bytes", 0)), measured=dict(d.get("measured", {})))
+        header_bytes=int(d.get("header_bytes", 0)), encode_s_per_value=enc_pv, decode_s_per_value=dec_pv,
+        measured=dict(d.get("measured", {})))
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
@@ -169,6 +179,7 @@ def profile_to_dict(p: Profile) -> dict:
              "cloud_tail_s": q.cloud_tail_s} for q in p.partitions],
         "codec": [{"partition": c.partition, "bits": c.bits, "zstd_ratio": c.zstd_ratio,
                    "encode_s": c.encode_s, "decode_s": c.decode_s} for c in p.codec],
+        "codec_s_per_value": {"encode_s": p.encode_s_per_value, "decode_s": p.decode_s_per_value},
         "measured": p.measured,
     }
 

@@ -58,6 +58,20 @@ def test_vectorised_latency_matches_scalar_exactly():
     assert list(vec) == [m.latency_s(Scheme.split(*r)) for r in rows]
 
 
+def test_codec_seconds_per_value_price_every_channel_count():
+    """A live profile's encode/decode seconds per value sent scale with C*H*W and win over
+    the codec table (which holds what one C at (P, B) happened to cost)."""
+    import dataclasses
+    codec = (CodecProfile(1, 4, zstd_ratio=0.5, encode_s=0.002, decode_s=0.001),)
+    p = dataclasses.replace(tiny_profile(codec=codec), encode_s_per_value=1e-5, decode_s_per_value=2e-6)
+    m = LatencyModel.from_profile(p, 1.0)
+    b1, b3 = m.breakdown(Scheme.parse("1:1:4")), m.breakdown(Scheme.parse("1:3:4"))
+    assert b1.device_s == pytest.approx(0.3 + 25 * 1e-5) and b3.device_s == pytest.approx(0.3 + 75 * 1e-5)
+    assert b3.cloud_s == pytest.approx(0.005 + 75 * 2e-6)
+    rows = [(q, c, bits) for q in range(2) for c in (1, 3, 8) for bits in (1, 4, 8)]
+    assert list(m.split_latencies(*np.array(rows).T)) == [m.latency_s(Scheme.split(*r)) for r in rows]
+
+
 def test_latency_model_refuses_bad_input():
     with pytest.raises(LatencyModelError, match="bandwidth_mbps > 0"):
         LinkModel(0.0)
@@ -70,7 +84,7 @@ def test_latency_model_refuses_bad_input():
 
 def test_project_format_round_trip(tmp_path):
     p = tiny_profile(rtt_s=0.015, codec=(CodecProfile(0, 8, 0.4, 0.003, 0.002),), header_bytes=12,
-                     measured={"host": "x"})
+                     measured={"host": "x"}, encode_s_per_value=3e-8, decode_s_per_value=1e-8)
     save_profile(p, tmp_path / "p.json")
     q = load_profile(tmp_path / "p.json")
     assert q == p and q.measured == {"host": "x"}

@@ -57,10 +57,12 @@ def test_byte_ratios_follow_the_traffic(model):
     from planner.data import load_fashion_mnist
     img = load_fashion_mnist("test")[0][0].numpy()
     ratios = ByteRatios(alpha=1.0)
-    req = runner.prepare(Scheme.parse("1:8:4"), img)[0]
-    ratios.observe(req)
+    req, _, _, encode_s = runner.prepare(Scheme.parse("1:8:4"), img)
+    ratios.observe(req, encode_s, 0.001)
     packed = -(-8 * 14 * 14 * 4 // 8)
     assert ratios.ratios[(1, 4)] == pytest.approx(len(req.feature_map.payload) / packed)
+    assert ratios.encode_s_per_value == pytest.approx(encode_s / (8 * 14 * 14)) and encode_s > 0
+    assert ratios.decode_s_per_value == pytest.approx(0.001 / (8 * 14 * 14))
     ratios.observe(runner.prepare(Scheme.parse("cloud-only"), img)[0])
     assert 0 < ratios.image_ratio < 1.5
 
@@ -71,6 +73,8 @@ def test_device_times_cover_every_partition(model):
     assert all(h > 0 for h in t.head_s) and t.full_model_s > 0
     # the head at the last cut is most of the network: never more than the whole
     assert t.head_s[-1] <= t.full_model_s * 1.5
+    # encoding a value costs something, and far less than computing it did
+    assert 0 < t.encode_s_per_value * 64 * 28 * 28 < t.full_model_s
 
 
 def test_runnable_errors_keep_only_unmodified_network_rows(live_db, tmp_path):
@@ -89,7 +93,7 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     dev = measure_device_times(model, (28, 28), repeats=3)
     from device.live import DeviceTimes
     k = (1.0 + 100 * max(info.cloud_full_model_s, max(p.cloud_tail_s for p in info.partitions))) / dev.full_model_s
-    slow = DeviceTimes(tuple(k * h for h in dev.head_s), k * dev.full_model_s, 3, None)
+    slow = DeviceTimes(tuple(k * h for h in dev.head_s), k * dev.full_model_s, 3, None, k * dev.encode_s_per_value)
     state = LiveState("fmnist-vgg", model, (28, 28), slow, info, base)
     planner = LivePlanner(errors, base, RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, 1.0), hysteresis=0.25)
     low = planner.plan(state.profile(), 1e-6)         # 1 bit/s: sending anything takes far longer
