@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cloud listening on {cloud.address}; {where}.\n"
               f"{args.limit} Fashion-MNIST test images per scheme; auto = fastest scheme losing at most "
               f"{args.max_accuracy_loss:g} top-1 accuracy, planned from live measurements.\n", flush=True)
-        header = (f"{'scheme':>12} {'ran':>14} {'top1':>7} {'p50_s':>9} {'p90_s':>9} {'bytes/img':>10} "
+        header = (f"{'scheme':>12} {'ran':>14} {'top1':>7} {'mean_s':>9} {'p50_s':>9} {'bytes/img':>10} "
                   f"{'head_s':>9} {'rtt_s':>9} {'bw_Mbps':>8}")
         print(header)
         print("-" * len(header))
@@ -77,13 +77,15 @@ def main(argv: list[str] | None = None) -> int:
             s = run_scheme(dev_prefix, cloud.address, args.model, scheme, args.limit, extra + more)
             rows[scheme] = s
             lat, bw = s["latency_s"], s.get("bandwidth_mbps")
-            print(f"{scheme:>12} {s['scheme']:>14} {s['top1_accuracy']:>7.4f} {lat['p50']:>9.5f} {lat['p90']:>9.5f} "
+            print(f"{scheme:>12} {s['scheme']:>14} {s['top1_accuracy']:>7.4f} {lat['mean']:>9.5f} {lat['p50']:>9.5f} "
                   f"{s['wire_bytes_mean']:>10.0f} {s['head_s_mean']:>9.5f} {s['rtt_s_mean']:>9.5f} "
                   f"{'' if bw is None else f'{bw:.3f}':>8}", flush=True)
-    best_single = min(rows["device-only"]["latency_s"]["p50"], rows["cloud-only"]["latency_s"]["p50"])
+    # means: under a CPU quota most short frames run at full speed and a few wait for the
+    # next CFS period; the mean is the per-frame cost of a stream (what auto plans with)
+    best_single = min(rows["device-only"]["latency_s"]["mean"], rows["cloud-only"]["latency_s"]["mean"])
     auto = rows["auto"]
-    print(f"\nauto ran {auto['scheme_counts']}: p50 {auto['latency_s']['p50']:.5f} s = "
-          f"{auto['latency_s']['p50'] / best_single:.2f} x the best single-end p50 ({best_single:.5f} s); "
+    print(f"\nauto ran {auto['scheme_counts']}: mean {auto['latency_s']['mean']:.5f} s = "
+          f"{auto['latency_s']['mean'] / best_single:.2f} x the best single-end mean ({best_single:.5f} s); "
           f"top-1 {auto['top1_accuracy']:.4f} vs {rows['device-only']['top1_accuracy']:.4f} unmodified.")
     print("cloud stopped; namespaces removed." if why_not is None else "cloud stopped.")
     return 0

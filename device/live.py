@@ -1,10 +1,12 @@
 """Live measurements and planning on the device: what it measures, it plans with.
 
-- device head seconds per partition, measured here (one timed pass gives every cut),
-  cached per model, machine and CPU quota;
+- device head seconds per partition, measured here (one timed pass gives every cut; the
+  mean over passes back to back, a sustained stream's cost), cached per model, machine
+  and CPU quota;
 - the cloud's tail seconds per partition from its server-info reply;
 - the link's bandwidth and round trip from Probe at start-up, then passively from every
-  inference transfer (bytes over round trip minus cloud compute), smoothed;
+  inference transfer (bytes over round trip minus cloud compute; short frames sample the
+  round trip instead), smoothed;
 - the zstd ratio per (partition, bits), learned from the frames actually sent.
 
 `LiveState.profile()` turns all of it into a planner Profile (the project's format, which
@@ -47,13 +49,14 @@ HEADER_BYTES = 48            # request id, model name, shape fields: measured or
 # -- device compute ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class DeviceTimes:
-    head_s: tuple[float, ...]    # median seconds from uint8 image to the cut at each P
-    full_model_s: float          # median seconds for the whole network
+    head_s: tuple[float, ...]    # mean seconds from uint8 image to the cut at each P (sustained)
+    full_model_s: float          # mean seconds for the whole network (sustained)
     repeats: int
     cpu_quota: float | None      # fraction of one CPU the process was confined to
     encode_s_per_value: float = 0.0   # quantize + pack + zstd seconds per feature-map value
 
 
+DEVICE_TIMES_METHOD = "sustained-mean/2"   # part of the cache key: a new method re-measures
 ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
 
 
@@ -86,14 +89,27 @@ def measure_encode_s_per_value(model: SplitCNN, input_hw: tuple[int, int], repea
 
 @torch.inference_mode()
 def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 5,
-                         warmup: int = 1, cpu_quota: float | None = None) -> DeviceTimes:
-    """One timed pass through the network gives the head time of every partition; then the
-    encoder's seconds per value."""
+                         warmup: int = 1, cpu_quota: float | None = None, min_seconds: float = 1.0,
+                         max_repeats: int = 2000) -> DeviceTimes:
+    """Per-frame seconds of a sustained stream: passes back to back, at least `repeats` of
+    them and at least `min_seconds` in all (at most `max_repeats`); one pass gives the head
+    time of every cut, and each is the mean over the passes; then the encoder's seconds per
+    value.
+
+    The mean, not the median: under a CPU quota (CFS bandwidth control, 10 ms per 100 ms
+    at 0.1) a short pass runs at full speed while the period's budget lasts and the next
+    one waits for the period to end, so a 2 ms network shows 2 ms in most passes and
+    ~20 ms per frame on average: the device's cost per frame is the average.
+    """
     ends = {p.feature_end: p.index for p in model.partitions}
     image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
                           generator=torch.Generator().manual_seed(0))
     runs = []
-    for r in range(warmup + repeats):
+    started = None
+    r = 0
+    while True:
+        if r == warmup:
+            started = time.perf_counter()
         marks = [0.0] * len(model.partitions)
         t0 = time.perf_counter()
         x = model.preprocess(image)
@@ -104,15 +120,19 @@ def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: in
         model.classifier(torch.flatten(model.avgpool(x), 1))
         if r >= warmup:
             runs.append((marks, time.perf_counter() - t0))
-    heads = tuple(statistics.median(m[p] for m, _ in runs) for p in range(len(model.partitions)))
-    return DeviceTimes(heads, statistics.median(t for _, t in runs), repeats, cpu_quota,
+            if len(runs) >= max_repeats or (
+                    len(runs) >= repeats and time.perf_counter() - started >= min_seconds):
+                break
+        r += 1
+    heads = tuple(statistics.fmean(m[p] for m, _ in runs) for p in range(len(model.partitions)))
+    return DeviceTimes(heads, statistics.fmean(t for _, t in runs), len(runs), cpu_quota,
                        measure_encode_s_per_value(model, input_hw))
 
 
 def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
                         cpu_quota: float | None, repeats: int = 5, refresh: bool = False) -> DeviceTimes:
     """Measured once per model, weights, machine, input size and quota; then read back."""
-    key = json.dumps([model_key, list(input_hw), cpu_quota, platform.node(), platform.machine(),
+    key = json.dumps([DEVICE_TIMES_METHOD, model_key, list(input_hw), cpu_quota, platform.node(), platform.machine(),
                       torch.__version__, torch.get_num_threads()])
     path = CACHE_DIR / f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file() and not refresh:
@@ -138,7 +158,9 @@ def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, in
 class LinkEstimator:
     """Smoothed uplink bandwidth and round trip (exponentially weighted)."""
 
-    alpha: float = 0.3                 # weight of a new sample
+    alpha: float = 0.3                 # weight of a new bandwidth sample
+    rtt_alpha: float = 0.1             # weight of a new RTT sample: frames sample it every time, and
+                                       # under a CPU quota one in several waits a CFS period: keep ~10
     min_passive_bytes: int = 1500      # shorter transfers say more about RTT than bandwidth
     bandwidth_mbps: float | None = None
     rtt_s: float | None = None
@@ -146,12 +168,13 @@ class LinkEstimator:
     last_sample_at: float | None = None   # time.monotonic() of the latest bandwidth sample
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def _mix(self, old: float | None, new: float) -> float:
-        return new if old is None else (1 - self.alpha) * old + self.alpha * new
+    def _mix(self, old: float | None, new: float, alpha: float | None = None) -> float:
+        a = self.alpha if alpha is None else alpha
+        return new if old is None else (1 - a) * old + a * new
 
     def add_rtt(self, rtt_s: float) -> None:
         with self._lock:
-            self.rtt_s = self._mix(self.rtt_s, max(0.0, rtt_s))
+            self.rtt_s = self._mix(self.rtt_s, max(0.0, rtt_s), self.rtt_alpha)
 
     def add_transfer(self, up_bytes: int, seconds: float) -> None:
         """`up_bytes` took `seconds` on the wire beyond the base round trip."""
@@ -168,34 +191,47 @@ class LinkEstimator:
         return math.inf if self.last_sample_at is None else time.monotonic() - self.last_sample_at
 
     def observe_inference(self, wire_bytes: int, rtt_s: float, server_s: float) -> None:
-        """Passive sample from a frame: bytes over (round trip - cloud compute - base RTT)."""
-        if wire_bytes < self.min_passive_bytes or self.rtt_s is None:
+        """Passive sample from a frame.  A frame of `min_passive_bytes` or more samples the
+        bandwidth: bytes over (round trip - cloud compute - base RTT).  A shorter one says
+        more about the base RTT: round trip - cloud compute - its bytes at the current
+        bandwidth.  That RTT is the one frames see, with the device's own per-call work
+        (serialization, gRPC) at the device's sustained speed, which a few quick probes
+        at start-up under-state on a CPU-quota'd device."""
+        if self.rtt_s is None:
             return
-        self.add_transfer(wire_bytes, rtt_s - server_s - self.rtt_s)
+        if wire_bytes >= self.min_passive_bytes:
+            self.add_transfer(wire_bytes, rtt_s - server_s - self.rtt_s)
+        elif self.bandwidth_mbps:
+            self.add_rtt(rtt_s - server_s - wire_bytes * 8 / (self.bandwidth_mbps * 1e6))
 
     def probe(self, client, target_s: float = 0.25, max_bytes: int = 1 << 20) -> None:
-        """Active measurement: base RTT from tiny probes, then probes growing until one
-        takes about `target_s`, so slow and fast links are both measured in bounded time.
+        """Active measurement in bounded time on slow and fast links alike:
+
+        1. probes growing from `target_s` worth at the current estimate (2 KiB at first)
+           until one takes `target_s`: besides sizing the sample, they empty any token
+           bucket a shaper or policer holds, whose first bytes pass at line rate (a
+           tbf at 0.05 Mbps holds 1600 bytes: a sample taken with it full read 0.065);
+        2. three tiny probes right behind, the quickest kept: the base round trip,
+           including what a message's framing costs at the link's rate (~20 ms at
+           0.05 Mbps: ~130 bytes of gRPC, HTTP/2 and TCP/IP headers);
+        3. one more probe of the last size: the bandwidth sample, against that base.
 
         The caller keeps other traffic off the link meanwhile (LiveSession holds its link
         lock): a probe queued behind a frame's upload inflates the base RTT, and every
         sample taken against that base then over-estimates the bandwidth."""
-        rtts = [client.probe(1, 1) for _ in range(3)]
-        base = statistics.median(r.rtt_s - r.server_s for r in rtts)
-        with self._lock:
-            self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base)
-        # never send more than target_s worth at the current estimate
         nbytes = 2048 if self.bandwidth_mbps is None else int(self.bandwidth_mbps * 1e6 / 8 * target_s)
         nbytes = max(1024, min(max_bytes, nbytes))
         while True:
             r = client.probe(nbytes, 1)
-            wire_s = r.rtt_s - r.server_s - base
-            if wire_s >= target_s or nbytes >= max_bytes:
-                self.add_transfer(nbytes, wire_s)
-                return
-            if wire_s > 0 and nbytes >= 16 * 1024:
-                self.add_transfer(nbytes, wire_s)
+            if r.rtt_s - r.server_s >= target_s or nbytes >= max_bytes:
+                break
             nbytes = min(max_bytes, nbytes * 4)
+        rtts = [client.probe(1, 1) for _ in range(3)]
+        base = min(r.rtt_s - r.server_s for r in rtts)      # the least queued of the three
+        with self._lock:
+            self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base, self.rtt_alpha)
+        r = client.probe(nbytes, 1)
+        self.add_transfer(nbytes, r.rtt_s - r.server_s - base)
 
 
 # -- bytes -------------------------------------------------------------------------------------

@@ -39,15 +39,18 @@ def model():
 
 
 def test_link_estimator_smooths_and_ignores_short_transfers():
-    est = LinkEstimator(alpha=0.5, min_passive_bytes=1500)
+    est = LinkEstimator(alpha=0.5, rtt_alpha=0.5, min_passive_bytes=1500)
     est.add_rtt(0.010)
-    est.observe_inference(wire_bytes=1000, rtt_s=1.0, server_s=0.0)     # too short: ignored
-    assert est.bandwidth_mbps is None
+    est.observe_inference(wire_bytes=1000, rtt_s=1.0, server_s=0.0)     # short, no bandwidth yet: ignored
+    assert est.bandwidth_mbps is None and est.rtt_s == 0.010
     est.observe_inference(wire_bytes=125_000, rtt_s=1.010 + 0.005, server_s=0.005)  # 1 Mbit in 1 s
     assert est.bandwidth_mbps == pytest.approx(1.0)
     est.observe_inference(wire_bytes=125_000, rtt_s=0.510 + 0.005, server_s=0.005)  # 2 Mbps sample
     assert est.bandwidth_mbps == pytest.approx(1.5)                     # halfway at alpha 0.5
     assert est.samples == 2
+    # a short frame samples the round trip: 1000 bytes take 5.33 ms at 1.5 Mbps
+    est.observe_inference(wire_bytes=1000, rtt_s=0.030 + 1000 * 8 / 1.5e6 + 0.002, server_s=0.002)
+    assert est.rtt_s == pytest.approx(0.5 * 0.010 + 0.5 * 0.030) and est.samples == 2
     assert 0 <= est.idle_for() < 60                                     # the session's prober waits on it
     assert LinkEstimator().idle_for() == float("inf")
 
