@@ -214,24 +214,32 @@ class LinkEstimator:
         2. three tiny probes right behind, the quickest kept: the base round trip,
            including what a message's framing costs at the link's rate (~20 ms at
            0.05 Mbps: ~130 bytes of gRPC, HTTP/2 and TCP/IP headers);
-        3. one more probe of the last size: the bandwidth sample, against that base.
+        3. one more probe of the last size: the bandwidth sample is the quicker of the two
+           probes of that size (the first only when a probe went before it), against
+           that base.
 
-        The caller keeps other traffic off the link meanwhile (LiveSession holds its link
-        lock): a probe queued behind a frame's upload inflates the base RTT, and every
-        sample taken against that base then over-estimates the bandwidth."""
+        The caller keeps frames off the link and the CPU meanwhile (LiveSession probes
+        between frames, on their thread): a probe queued behind an upload, or waiting for
+        a quota'd CPU, inflates the base RTT, and every sample taken against that base
+        then over-estimates the bandwidth."""
         nbytes = 2048 if self.bandwidth_mbps is None else int(self.bandwidth_mbps * 1e6 / 8 * target_s)
         nbytes = max(1024, min(max_bytes, nbytes))
+        first_s, grown = math.inf, False
         while True:
             r = client.probe(nbytes, 1)
             if r.rtt_s - r.server_s >= target_s or nbytes >= max_bytes:
+                if grown:                  # a probe went before it: no bucket left to ride on
+                    first_s = r.rtt_s - r.server_s
                 break
-            nbytes = min(max_bytes, nbytes * 4)
+            nbytes, grown = min(max_bytes, nbytes * 4), True
         rtts = [client.probe(1, 1) for _ in range(3)]
         base = min(r.rtt_s - r.server_s for r in rtts)      # the least queued of the three
         with self._lock:
             self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base, self.rtt_alpha)
         r = client.probe(nbytes, 1)
-        self.add_transfer(nbytes, r.rtt_s - r.server_s - base)
+        # the quicker of the two same-size probes (a stall, such as a CPU quota's period, only
+        # adds time), unless the first was the round's first and may have ridden a full bucket
+        self.add_transfer(nbytes, min(first_s, r.rtt_s - r.server_s) - base)
 
 
 # -- bytes -------------------------------------------------------------------------------------

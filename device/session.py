@@ -4,10 +4,13 @@ Frames are processed one at a time, in order; the scheme can change only between
 so none is dropped or run twice. While the cloud is unreachable, frames run device-only
 and a background prober watches for its return; then the planned scheme resumes.
 
-The link is measured passively from frames while they flow; the prober sends active probes
-only when no bandwidth sample arrived for `probe_interval_s` (device-only plans, small
-frames), and never while a frame is on the link: both take the session's link lock, so a
-probe never queues behind an upload (or delays one by more than the probe's own time).
+The link is measured passively from frames while they flow, and actively (Probe) between
+frames, on the frames' own thread, when no frame sampled the bandwidth for
+`probe_interval_s` (device-only plans, small frames): a probe never queues behind an
+upload, nor competes with a frame for a CPU-quota'd device (either inflated the base RTT
+and then every sample), at the cost of delaying the next frame by the probe (~0.2-0.7 s
+every `probe_interval_s` while nothing else measures the link).  A background thread only
+watches for a cloud that went away to come back.
 """
 from __future__ import annotations
 
@@ -56,7 +59,6 @@ class LiveSession:
     down_probe_interval_s: float = 1.0   # reachability probe while it is down
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
-    _link: threading.Lock = field(default_factory=threading.Lock)   # one user of the uplink at a time
     _prober: threading.Thread | None = None
 
     def __post_init__(self) -> None:
@@ -73,34 +75,48 @@ class LiveSession:
         except grpc.RpcError as e:
             log.warning("cloud unreachable at start (%s); running device-only until it answers", e.code().name)
             self.cloud_up = False
-        self._prober = threading.Thread(target=self._probe_loop, name="coinfer-prober", daemon=True)
+        self._prober = threading.Thread(target=self._reachability_loop, name="coinfer-prober", daemon=True)
         self._prober.start()
 
     def _connect(self) -> None:
         """Learn the cloud's model info if still unknown, then measure the link."""
+        self._server_info()
+        self.state.link.probe(self.client)
+
+    def _server_info(self) -> None:
         if self.state.server is None:
             info = {m.name: m for m in self.client.server_info().models}
             if self.state.model_name not in info:
                 raise RuntimeError(f"the cloud does not serve {self.state.model_name}")
             self.state.server = info[self.state.model_name]
-        with self._link:
-            self.state.link.probe(self.client)
 
-    def _probe_loop(self) -> None:
-        while not self._stop.wait(self.probe_interval_s if self.cloud_up else self.down_probe_interval_s):
+    def _reachability_loop(self) -> None:
+        """While the cloud is down: ask it for its server info until it answers.  The link is
+        measured again before the next frame, on the frames' thread."""
+        while not self._stop.wait(self.down_probe_interval_s):
+            if self.cloud_up:
+                continue
             try:
-                if self.cloud_up:
-                    if self.state.link.idle_for() >= self.probe_interval_s:   # frames measure it otherwise
-                        with self._link:
-                            self.state.link.probe(self.client, target_s=0.1)
-                else:
-                    self._connect()
-                    log.info("cloud is back; resuming the planned scheme")
-                    self.cloud_up = True
-            except grpc.RpcError as e:
-                if e.code() in FALLBACK_CODES and self.cloud_up:
-                    log.warning("cloud probe failed (%s)", e.code().name)
-                    self.cloud_up = False
+                self._server_info()
+                self.client.probe(1, 1)
+            except grpc.RpcError:
+                continue
+            log.info("cloud is back; measuring the link, then resuming the planned scheme")
+            self.state.link.last_sample_at = None      # stale: probe before the next frame
+            self.cloud_up = True
+
+    def _probe_if_stale(self) -> None:
+        """Between frames, on the frames' thread: probe when no frame sampled the bandwidth for
+        `probe_interval_s`.  A probe never shares the link, or the device's CPU, with a frame."""
+        if not self.cloud_up or self.state.link.idle_for() < self.probe_interval_s:
+            return
+        try:
+            self.state.link.probe(self.client, target_s=0.1)
+        except grpc.RpcError as e:
+            if e.code() not in FALLBACK_CODES:
+                raise
+            log.warning("cloud probe failed (%s)", e.code().name)
+            self.cloud_up = False
 
     def close(self) -> None:
         self._stop.set()
@@ -126,14 +142,14 @@ class LiveSession:
         return self.planner.scheme(), replanned
 
     def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
+        self._probe_if_stale()
         planned, replanned = self._planned()
         if planned is None or planned.is_split or planned == Scheme.parse("cloud-only"):
             if planned is None or not self.cloud_up:
                 r = self.runner.run(DEVICE_ONLY, image, label)
                 r = dataclasses.replace(r, fallback="cloud unreachable (probing)")
             else:
-                with self._link:
-                    r = self.runner.run(planned, image, label)
+                r = self.runner.run(planned, image, label)
                 if r.fallback:
                     self.cloud_up = False
         else:
