@@ -161,6 +161,8 @@ class LinkEstimator:
     alpha: float = 0.3                 # weight of a new bandwidth sample
     rtt_alpha: float = 0.1             # weight of a new RTT sample: frames sample it every time, and
                                        # under a CPU quota one in several waits a CFS period: keep ~10
+    probe_alpha: float = 0.5           # weight of a probe's bandwidth and RTT: a deliberate, clean
+                                       # measurement, made only while frames measure nothing
     min_passive_bytes: int = 1500      # shorter transfers say more about RTT than bandwidth
     bandwidth_mbps: float | None = None
     rtt_s: float | None = None
@@ -176,13 +178,13 @@ class LinkEstimator:
         with self._lock:
             self.rtt_s = self._mix(self.rtt_s, max(0.0, rtt_s), self.rtt_alpha)
 
-    def add_transfer(self, up_bytes: int, seconds: float) -> None:
+    def add_transfer(self, up_bytes: int, seconds: float, alpha: float | None = None) -> None:
         """`up_bytes` took `seconds` on the wire beyond the base round trip."""
         if up_bytes <= 0 or seconds <= 0:
             return
         mbps = up_bytes * 8 / seconds / 1e6
         with self._lock:
-            self.bandwidth_mbps = self._mix(self.bandwidth_mbps, mbps)
+            self.bandwidth_mbps = self._mix(self.bandwidth_mbps, mbps, alpha)
             self.samples += 1
             self.last_sample_at = time.monotonic()
 
@@ -235,11 +237,11 @@ class LinkEstimator:
         rtts = [client.probe(1, 1) for _ in range(3)]
         base = min(r.rtt_s - r.server_s for r in rtts)      # the least queued of the three
         with self._lock:
-            self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base, self.rtt_alpha)
+            self.rtt_s = base if self.rtt_s is None else self._mix(self.rtt_s, base, self.probe_alpha)
         r = client.probe(nbytes, 1)
         # the quicker of the two same-size probes (a stall, such as a CPU quota's period, only
         # adds time), unless the first was the round's first and may have ridden a full bucket
-        self.add_transfer(nbytes, min(first_s, r.rtt_s - r.server_s) - base)
+        self.add_transfer(nbytes, min(first_s, r.rtt_s - r.server_s) - base, self.probe_alpha)
 
 
 # -- bytes -------------------------------------------------------------------------------------
