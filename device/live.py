@@ -35,7 +35,7 @@ from planner.latency import LatencyModel
 from planner.models import SplitCNN, partition_shapes
 from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
 from planner.scheme import Scheme
-from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space,
+from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space, Strategy,
                             build_candidates, search)
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
@@ -371,6 +371,10 @@ class LivePlanner:
     base_error: float
     requirement: RequirementSpec
     hysteresis: float = 0.25          # re-plan when bandwidth moves beyond x(1 +- h) of the planned one
+    # every accuracy the device can plan with is already in memory, so looking them all up is
+    # exact and takes milliseconds; the GP strategy saves evaluations that cost nothing here and
+    # costs ~1 s of CPU a plan (16 s between two frames on a device under a 0.1 CPU quota)
+    strategy: Strategy = Strategy.EXHAUSTIVE
     seed: int = 0
     planned_mbps: float | None = None
     current: SearchResult | None = None
@@ -386,7 +390,7 @@ class LivePlanner:
         lat = LatencyModel.from_profile(profile, bandwidth_mbps)
         cands = build_candidates(lat, Space.DB, self.errors)
         result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
-                        SearchConfig(seed=self.seed))
+                        SearchConfig(seed=self.seed), self.strategy)
         self.current, self.planned_mbps = result, bandwidth_mbps
         self.plans += 1
         return result

@@ -60,13 +60,18 @@ class LiveSession:
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
     _prober: threading.Thread | None = None
+    # the first frame after a scheme change pays one-off costs (the first call of its kind, the
+    # CPU quota the previous scheme's frames used up): it does not sample the link
+    _last_scheme: Scheme | None = None
+    _switched: bool = False
 
     def __post_init__(self) -> None:
         self.runner.on_answer = self._observe
 
     def _observe(self, req: pb.InferRequest, resp: pb.InferResponse, rtt_s: float, encode_s: float) -> None:
         self.state.bytes.observe(req, encode_s, resp.decode_s)
-        self.state.link.observe_inference(req.ByteSize(), rtt_s, resp.decode_s + resp.tail_s)
+        if not self._switched:
+            self.state.link.observe_inference(req.ByteSize(), rtt_s, resp.decode_s + resp.tail_s)
 
     # -- probing ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -144,6 +149,8 @@ class LiveSession:
     def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
         self._probe_if_stale()
         planned, replanned = self._planned()
+        self._switched = planned != self._last_scheme
+        self._last_scheme = planned
         if planned is None or planned.is_split or planned == Scheme.parse("cloud-only"):
             if planned is None or not self.cloud_up:
                 r = self.runner.run(DEVICE_ONLY, image, label)

@@ -106,6 +106,11 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     fast = planner.plan(state.profile(), 1000.0)      # a fat pipe: the cloud is faster
     assert planner.scheme() != Scheme.parse("device-only"), fast
     assert planner.plans == 2
+    # every recorded row looked up: exact, and what the GP-driven search finds too
+    assert fast.proven and fast.evaluations == sum(1 for s in errors if s.is_split)
+    from device.live import Strategy
+    gp = LivePlanner(errors, base, planner.requirement, strategy=Strategy.BAYES).plan(state.profile(), 1000.0)
+    assert gp.scheme == fast.scheme
 
 
 def test_device_auto_plans_live_and_writes_its_profile(fmnist_cloud, live_db, tmp_path):
