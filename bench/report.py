@@ -4,7 +4,7 @@ from __future__ import annotations
 from bench.common import RESULTS
 
 ROOT = RESULTS.parent.parent
-ORDER = ["codec", "runtime", "load", "evaluate", "search", "search_full", "netns", "link", "link_rate_change"]
+ORDER = ["codec", "runtime", "load", "evaluate", "search", "search_full", "netns", "link"]
 INTRO = """# Benchmarks
 
 Every figure below was produced by the command named in its section, on the machine named
@@ -16,7 +16,7 @@ and noisy; absolute times drift). Regenerate a section with its command, then
 |---|---|
 | `make bench` | codec, runtime |
 | `make bench-load` | load |
-| `make bench-link` (root) | netns, link, link_rate_change |
+| `make bench-link` (root) | netns, link |
 | `python -m bench.evaluate`, `python -m bench.search` | evaluate, search, search_full |
 """
 
