@@ -414,6 +414,8 @@ class ShapedLink:
         if threading.current_thread() is not threading.main_thread():
             return                  # signal handlers can only be set there; atexit still applies
         for signum in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(signum) is signal.SIG_IGN:
+                continue            # ignored (e.g. SIGINT of a background job): stays ignored
             self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_handlers(self) -> None:

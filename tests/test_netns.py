@@ -106,8 +106,11 @@ def test_teardown_when_body_raises_stops_processes():
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
 def test_signal_tears_down_and_still_terminates(signum):
     before = _snapshot()
+    # a Ctrl-C'able child even when this process runs as a background job (SIGINT ignored,
+    # which children inherit)
     script = textwrap.dedent(f"""
-        import time
+        import signal, time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from bench.netns import ShapedLink
         with ShapedLink(1.0, prefix={PREFIX!r}) as link:
             print(link.device_ns, flush=True)
@@ -126,6 +129,21 @@ def test_signal_tears_down_and_still_terminates(signum):
             child.kill()
             child.wait()
     assert _snapshot() == before
+
+
+@pytest.mark.root
+@needs_net_admin
+def test_an_ignored_signal_stays_ignored():
+    """Under nohup or as a background job SIGINT is ignored: the link must not take it over
+    (a Ctrl-C meant for the foreground would remove the namespaces of a run that goes on)."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with ShapedLink(1.0, prefix=PREFIX):
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+            assert signal.getsignal(signal.SIGTERM) != signal.SIG_DFL    # still torn down on SIGTERM
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @pytest.mark.root
