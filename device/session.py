@@ -55,7 +55,7 @@ class LiveSession:
     state: LiveState
     planner: LivePlanner | None          # None: a fixed scheme
     fixed: Scheme | None = None
-    probe_interval_s: float = 5.0        # active link probe while the cloud is up
+    probe_interval_s: float = 5.0        # probe when no frame sampled the bandwidth for this long
     down_probe_interval_s: float = 1.0   # reachability probe while it is down
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
