@@ -28,12 +28,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from planner.accuracy_db import AccuracyDBError, load_view
 from planner.latency import LatencyModel
 from planner.models import SplitCNN, partition_shapes
-from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
+from planner.profile import CodecProfile, PartitionProfile, Profile, median_seconds, save_profile
 from planner.scheme import Scheme
 from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space, Strategy,
                             build_candidates, search)
@@ -60,30 +61,14 @@ DEVICE_TIMES_METHOD = "sustained-mean/2"   # part of the cache key: a new method
 ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
 
 
-@torch.inference_mode()
-def measure_encode_s_per_value(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 3) -> float:
-    """Median seconds to encode one value (all channels, ENCODE_BITS bits) at every cut,
-    weighted by size: sum of seconds / sum of values.  Before the device has sent a frame,
-    this prices the encode of any P:C:B."""
+def measure_encode_s_per_value(maps: list[tuple[int, np.ndarray]], repeats: int = 3) -> float:
+    """Median seconds to encode one value (all channels, ENCODE_BITS bits) of each cut's
+    feature map in `maps` [(P, (C, H, W) array)], weighted by size: sum of seconds / sum of
+    values.  Before the device has sent a frame, this prices the encode of any P:C:B."""
     from device import codec
-    image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(1))
-    x = model.preprocess(image)
-    ends = {p.feature_end: p.index for p in model.partitions}
-    maps = []
-    for i, layer in enumerate(model.features):
-        x = layer(x)
-        if i + 1 in ends:
-            maps.append((ends[i + 1], x[0].numpy()))
-    seconds = values = 0.0
-    for p, fm in maps:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            codec.encode_feature_map(fm, p, None, ENCODE_BITS)
-            times.append(time.perf_counter() - t0)
-        seconds += statistics.median(times)
-        values += fm.size
+    seconds = sum(median_seconds(lambda: codec.encode_feature_map(fm, p, None, ENCODE_BITS), repeats, warmup=0)
+                  for p, fm in maps)
+    values = sum(fm.size for _, fm in maps)
     return seconds / values if values else 0.0
 
 
@@ -111,12 +96,14 @@ def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: in
         if r == warmup:
             started = time.perf_counter()
         marks = [0.0] * len(model.partitions)
+        maps = []                  # the cuts' feature maps: the encoder is timed on the last pass's
         t0 = time.perf_counter()
         x = model.preprocess(image)
         for i, layer in enumerate(model.features):
             x = layer(x)
             if i + 1 in ends:
                 marks[ends[i + 1]] = time.perf_counter() - t0
+                maps.append((ends[i + 1], x[0]))
         model.classifier(torch.flatten(model.avgpool(x), 1))
         if r >= warmup:
             runs.append((marks, time.perf_counter() - t0))
@@ -126,7 +113,7 @@ def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: in
         r += 1
     heads = tuple(statistics.fmean(m[p] for m, _ in runs) for p in range(len(model.partitions)))
     return DeviceTimes(heads, statistics.fmean(t for _, t in runs), len(runs), cpu_quota,
-                       measure_encode_s_per_value(model, input_hw))
+                       measure_encode_s_per_value([(p, fm.numpy()) for p, fm in maps]))
 
 
 def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
