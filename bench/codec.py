@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import zstandard
 
-from device import codec
-from device.codec import CodecConfig
+from common import codec
+from common.codec import CodecConfig
 
 log = logging.getLogger(__name__)
 

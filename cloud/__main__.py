@@ -5,7 +5,8 @@ import argparse
 import logging
 import sys
 
-from cloud.server import DEFAULT_MAX_MESSAGE_BYTES, ServerConfig, serve
+from cloud.server import ServerConfig, serve
+from common.limits import MAX_MESSAGE_BYTES
 from planner.models import model_names
 
 
@@ -36,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workers", type=int, default=8, help="RPC handler threads")
     s.add_argument("--max-concurrent-rpcs", type=int, default=64,
                    help="concurrent calls beyond this get RESOURCE_EXHAUSTED")
-    s.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    s.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
     s.add_argument("--profile-repeats", type=int, default=3,
                    help="tail timing repeats per partition at start-up (0 skips)")
     s.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM, seconds")

@@ -15,9 +15,9 @@ import torch
 from cloud.errors import (ArtifactMismatchError, DeadlineExpiredError, MissingInputError,
                           UnknownPartitionError)
 from cloud.limits import AnswerCache, InflightBudget
-from device import codec
+from common import codec
+from common.timing import median_seconds
 from planner.models import SplitCNN, UnknownModelError, partition_shapes
-from planner.profile import median_seconds
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import grpc
 
-from device.codec import CodecError
+from common.codec import CodecError
 from planner.models import UnknownModelError
 
 

@@ -2,39 +2,14 @@
 from __future__ import annotations
 
 import hmac
-from pathlib import Path
 
 import grpc
+
+from common.credentials import read_pem
 
 # Health checks stay open so that orchestrators can probe a token-protected server;
 # they reveal only SERVING / NOT_SERVING.
 UNAUTHENTICATED_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
-
-
-class SecurityConfigError(ValueError):
-    """A token or certificate file that cannot be used."""
-
-
-def read_token(path: str | Path) -> str:
-    """One bearer token: the file's only line, surrounding whitespace removed."""
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise SecurityConfigError(f"token file {str(path)!r}: {e.strerror}") from e
-    token = text.strip()
-    if not token or any(c.isspace() for c in token):
-        raise SecurityConfigError(f"token file {str(path)!r}: expected one token without spaces")
-    return token
-
-
-def read_pem(path: str | Path, what: str) -> bytes:
-    try:
-        data = Path(path).read_bytes()
-    except OSError as e:
-        raise SecurityConfigError(f"{what} {str(path)!r}: {e.strerror}") from e
-    if b"-----BEGIN" not in data:
-        raise SecurityConfigError(f"{what} {str(path)!r}: expected a PEM file")
-    return data
 
 
 def _deny(message: str):

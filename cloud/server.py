@@ -15,7 +15,9 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.engine import Engine, ServedModel
-from cloud.security import SecurityConfigError, TokenInterceptor, read_token, server_credentials
+from cloud.security import TokenInterceptor, server_credentials
+from common.credentials import SecurityConfigError, read_token
+from common.limits import MAX_MESSAGE_BYTES
 from cloud.servicer import CoInferServicer
 from planner.models import build_model
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -26,7 +28,6 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInfer"].full_name  # "coinfer.v1.CoInfer"
 # Large enough for the lossless float32 path of vgg16_bn at 224x224 (partition 0:
 # 64 x 224 x 224 x 4 B = 12.8 MB) with headroom; anything larger is RESOURCE_EXHAUSTED.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -40,7 +41,7 @@ class ServerConfig:
     input_hw: tuple[int, int] | None = None  # image size (H, W); None = the model's default
     max_workers: int = 8                 # RPC handler threads
     max_concurrent_rpcs: int = 64        # beyond this, RESOURCE_EXHAUSTED
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
     profile_repeats: int = 3             # tail timing repeats at start-up; 0 skips (reports 0)
     grace_s: float = 5.0                 # drain time on SIGTERM, seconds
     torch_threads: int | None = None     # intra-op threads for torch; None = torch default

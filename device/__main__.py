@@ -12,7 +12,7 @@ import threading
 import grpc
 import torch
 
-from device import codec
+from common import codec
 from device.client import ClientConfig, CloudClient
 from device.cpu_quota import QuotaUnavailable
 from device.inputs import (DATASETS, InputError, dataset_images, dataset_stream, file_images, stdin_images,

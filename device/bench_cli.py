@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.netns import netns_exec_prefix
+from common.codec import packed_bytes
 
 log = logging.getLogger("coinfer-bench")
 
@@ -183,7 +184,7 @@ class SchemeRow:
 
 def learned_ratio(frames: list[dict], scheme, part, side_per_ch: int, header: int) -> float | None:
     """zstd ratio of a split scheme as the device would learn it from these frames' bytes."""
-    packed = math.ceil(scheme.channels * part.height * part.width * scheme.bits / 8)
+    packed = packed_bytes(scheme.channels * part.height * part.width, scheme.bits)
     sent = [f["wire_bytes"] for f in frames if f.get("wire_bytes") and not f.get("fallback")]
     if not sent or packed == 0:
         return None

@@ -8,12 +8,11 @@ from typing import Iterable, Iterator
 
 import grpc
 
+from common.credentials import SecurityConfigError, read_pem, read_token
+from common.limits import MAX_MESSAGE_BYTES
 from protos.coinfer.v1 import coinfer_pb2 as pb
 from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
 
-# Must match the cloud's limit (cloud.server.DEFAULT_MAX_MESSAGE_BYTES): the lossless
-# vgg16_bn partition-0 map at 224x224 is 12.8 MB.
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 # gRPC retries UNAVAILABLE itself (exponential backoff with jitter); what still fails
@@ -28,7 +27,7 @@ RETRY_SERVICE_CONFIG = json.dumps({"methodConfig": [{
 class ClientConfig:
     target: str                          # HOST:PORT of coinfer-cloud
     timeout_s: float = 30.0              # deadline per unary call, seconds
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES   # the cloud's limit too
     tls_ca: str | None = None            # PEM CA that the server certificate must chain to; enables TLS
     tls_cert: str | None = None          # PEM client certificate for mutual TLS
     tls_key: str | None = None           # PEM private key of tls_cert
@@ -46,7 +45,6 @@ class ProbeResult:
 
 class CloudClient:
     def __init__(self, cfg: ClientConfig):
-        from cloud.security import SecurityConfigError, read_pem, read_token
         self.cfg = cfg
         backoff_ms = int(cfg.reconnect_backoff_max_s * 1000)
         opts = [("grpc.max_receive_message_length", cfg.max_message_bytes),

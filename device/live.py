@@ -34,7 +34,9 @@ import torch
 from planner.accuracy_db import AccuracyDBError, load_view
 from planner.latency import LatencyModel
 from planner.models import SplitCNN, partition_shapes
-from planner.profile import CodecProfile, PartitionProfile, Profile, median_seconds, save_profile
+from common import codec
+from common.timing import median_seconds
+from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
 from planner.scheme import Scheme
 from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space, Strategy,
                             build_candidates, search)
@@ -65,7 +67,6 @@ def measure_encode_s_per_value(maps: list[tuple[int, np.ndarray]], repeats: int 
     """Median seconds to encode one value (all channels, ENCODE_BITS bits) of each cut's
     feature map in `maps` [(P, (C, H, W) array)], weighted by size: sum of seconds / sum of
     values.  Before the device has sent a frame, this prices the encode of any P:C:B."""
-    from device import codec
     seconds = sum(median_seconds(lambda: codec.encode_feature_map(fm, p, None, ENCODE_BITS), repeats, warmup=0)
                   for p, fm in maps)
     values = sum(fm.size for _, fm in maps)
@@ -256,7 +257,7 @@ class ByteRatios:
             fm = req.feature_map
             if fm.bits == 0:
                 return   # lossless reference frames are not a scheme
-            packed = math.ceil(fm.channels * fm.height * fm.width * fm.bits / 8)
+            packed = codec.packed_bytes(fm.channels * fm.height * fm.width, fm.bits)
             if packed == 0:
                 return
             key = (fm.partition, fm.bits)

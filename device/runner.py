@@ -13,9 +13,9 @@ import grpc
 import numpy as np
 import torch
 
-from device import codec
+from common import codec
 from device.client import CloudClient
-from planner.evaluate import select_channels
+from planner.pruning import select_channels
 from planner.models import SplitCNN
 from planner.scheme import DEVICE_ONLY, Mode, Scheme
 

@@ -21,7 +21,8 @@ from typing import Sequence
 
 import torch
 
-from planner.models import ModelSpec, SplitCNN, UnknownModelError, file_sha256, get_spec
+from planner.models import (ModelSpec, SplitCNN, UnknownModelError, conv_widths, file_sha256, get_spec,
+                            partition_table)
 from planner.scheme import Scheme, SchemeError
 
 ARTIFACT_FORMAT = "coinfer-artifact/1"
@@ -45,10 +46,6 @@ class Artifact:
     recipe: str                       # fine-tune recipe it was made with
 
 
-def conv_widths(spec: ModelSpec) -> list[int]:
-    return [int(v) for v in spec.cfg if v != "M"]
-
-
 def scheme_spec(spec: ModelSpec, partition: int, channels: int) -> ModelSpec:
     """The registry spec with conv `partition` narrowed to `channels` output channels."""
     widths = conv_widths(spec)
@@ -58,8 +55,7 @@ def scheme_spec(spec: ModelSpec, partition: int, channels: int) -> ModelSpec:
         raise SchemeError(f"expected channels C in 1..{widths[partition]} for partition {partition} "
                           f"of {spec.name}, got {channels}")
     cfg = list(spec.cfg)
-    conv_positions = [i for i, v in enumerate(cfg) if v != "M"]
-    cfg[conv_positions[partition]] = channels
+    cfg[partition_table(spec)[partition].cfg_index] = channels
     return dataclasses.replace(spec, cfg=tuple(cfg))
 
 

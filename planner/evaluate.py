@@ -22,9 +22,9 @@ import torch
 from torch import nn
 
 from planner.accuracy_db import BASE_SCHEME, AccuracyDB, AccuracyRecord
-from planner.artifact import conv_widths, save_artifact, scheme_spec
-from planner.models import (ModelSpec, SplitCNN, WeightsError, build_model, default_weights_path,
-                            file_sha256, get_spec)
+from planner.artifact import save_artifact
+from planner.models import SplitCNN, WeightsError, build_model, conv_widths, default_weights_path, file_sha256, get_spec
+from planner.pruning import pruned_model
 from planner.scheme import Scheme, SchemeError
 from planner.train import (FINETUNE_CONFIG, TrainConfig, fit, load_dataset, model_dataset,
                            predict_logits, top1_error)
@@ -87,68 +87,6 @@ class SchemeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fm = self.model.head(x, self.partition)                     # (N, C, H_p, W_p)
         return self.model.tail(fake_quantize(fm, self.bits), self.partition)
-
-
-# -- pruning -----------------------------------------------------------------------------------
-def conv_feature_indices(spec: ModelSpec) -> list[int]:
-    """Index into `features` of each conv (torchvision make_layers(batch_norm=True) layout)."""
-    out, pos = [], 0
-    for v in spec.cfg:
-        if v == "M":
-            pos += 1
-        else:
-            out.append(pos)
-            pos += 3  # conv, bn, relu
-    return out
-
-
-def channel_importance(model: SplitCNN, partition: int) -> torch.Tensor:
-    """(C_p,) importance of conv P's output channels: L1 norm of the BN-folded filter."""
-    k = conv_feature_indices(model.spec)[partition]
-    conv: nn.Conv2d = model.features[k]
-    bn: nn.BatchNorm2d = model.features[k + 1]
-    gain = bn.weight.detach().abs() / torch.sqrt(bn.running_var + bn.eps)
-    return gain * conv.weight.detach().abs().sum(dim=(1, 2, 3))
-
-
-def select_channels(model: SplitCNN, partition: int, channels: int) -> tuple[int, ...]:
-    """The `channels` most important channels of conv P, ascending original indices."""
-    imp = channel_importance(model, partition)
-    if not 1 <= channels <= imp.numel():
-        raise SchemeError(f"expected channels C in 1..{imp.numel()} for partition {partition} "
-                          f"of {model.spec.name}, got {channels}")
-    # stable sort: ties keep the lower index, so the choice is deterministic
-    order = torch.sort(imp, descending=True, stable=True).indices[:channels]
-    return tuple(sorted(int(i) for i in order))
-
-
-def prune_state_dict(model: SplitCNN, partition: int, keep: Sequence[int]) -> dict[str, torch.Tensor]:
-    """State dict of `model` with conv P's outputs (and the next layer's inputs) cut to `keep`."""
-    spec = model.spec
-    idx = torch.tensor(list(keep), dtype=torch.long)
-    sd = {k: v.clone() for k, v in model.state_dict().items()}
-    convs = conv_feature_indices(spec)
-    k = convs[partition]
-    for name in ("weight", "bias"):
-        sd[f"features.{k}.{name}"] = sd[f"features.{k}.{name}"][idx]
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        sd[f"features.{k + 1}.{name}"] = sd[f"features.{k + 1}.{name}"][idx]
-    if partition + 1 < len(convs):  # next conv's input channels
-        key = f"features.{convs[partition + 1]}.weight"
-        sd[key] = sd[key][:, idx]
-    else:  # first classifier Linear: inputs are the flattened (C, pool_h, pool_w) map
-        w = sd["classifier.0.weight"]                                   # (out, C_p * ph * pw)
-        cells = spec.pool_hw[0] * spec.pool_hw[1]
-        sd["classifier.0.weight"] = w.view(w.shape[0], -1, cells)[:, idx].reshape(w.shape[0], -1)
-    return sd
-
-
-def pruned_model(model: SplitCNN, scheme: Scheme) -> tuple[SplitCNN, tuple[int, ...]]:
-    """A SplitCNN whose partition P keeps the scheme's C most important channels of `model`."""
-    keep = select_channels(model, scheme.partition, scheme.channels)
-    net = SplitCNN(scheme_spec(model.spec, scheme.partition, scheme.channels), model.num_classes)
-    net.load_state_dict(prune_state_dict(model, scheme.partition, keep), strict=True)
-    return net.eval(), keep
 
 
 # -- evaluation ---------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from common.codec import packed_bytes
 from planner.profile import Profile
 from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Mode, Scheme
 
@@ -100,7 +101,7 @@ class LatencyModel:
         if scheme.mode is Mode.CLOUD_ONLY:
             return self.profile.cloud_only_upload_bytes
         part = self._split_part(scheme)
-        packed = math.ceil(scheme.channels * part.height * part.width * scheme.bits / 8)
+        packed = packed_bytes(scheme.channels * part.height * part.width, scheme.bits)
         per_ch, header = self._side()
         return math.ceil(packed * self._ratio(scheme.partition, scheme.bits)) + scheme.channels * per_ch + header
 
@@ -164,7 +165,7 @@ class LatencyModel:
                  else enc[partition, bits])
         dec_s = (values * self.profile.decode_s_per_value if self.profile.decode_s_per_value > 0
                  else dec[partition, bits])
-        packed = (channels * hw[partition] * bits + 7) // 8
+        packed = packed_bytes(channels * hw[partition], bits)
         per_ch, header = self._side()
         scaled = packed * ratio[partition, bits]
         nbytes = np.where(ratio[partition, bits] == 1.0, packed, np.ceil(scaled)) + channels * per_ch + header

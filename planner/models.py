@@ -52,12 +52,21 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class PartitionSpec:
-    """Partition point P of a model: the cut after conv P."""
+    """Partition point P of a model: the cut after conv P (and its pooling, if any)."""
 
     index: int              # P, 0-based conv index
     channels: int           # output channels of conv P
     after_pooling: bool     # the cut is after a max-pooling that follows conv P
     feature_end: int        # index into `features` where the tail starts
+    conv_feature: int       # index into `features` of conv P (its BN follows at +1)
+    cfg_index: int          # index into the spec's cfg of conv P
+    height: int             # rows of the cut's feature map for the table's input size
+    width: int              # columns of the cut's feature map
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the feature map at this cut."""
+        return (self.channels, self.height, self.width)
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -97,35 +106,38 @@ register(ModelSpec(
     mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
 
-def partition_table(spec: ModelSpec) -> list[PartitionSpec]:
-    """Partition points of a cfg; feature indices follow torchvision's make_layers(bn=True)."""
+def partition_table(spec: ModelSpec, input_hw: tuple[int, int] | None = None) -> list[PartitionSpec]:
+    """Partition points of a cfg for an input size (default: the spec's): the one walk of the
+    cfg.  Feature indices follow torchvision's make_layers(batch_norm=True): conv, BN, ReLU
+    per width, one module per "M"."""
     parts: list[PartitionSpec] = []
+    h, w = input_hw or spec.input_hw
     pos = 0  # index into `features`
     cfg = spec.cfg
     for i, v in enumerate(cfg):
         if v == "M":
             pos += 1
             continue
+        conv = pos
         pos += 3  # conv, bn, relu
         pooled = i + 1 < len(cfg) and cfg[i + 1] == "M"
+        ph, pw = (h // 2, w // 2) if pooled else (h, w)
         parts.append(PartitionSpec(index=len(parts), channels=int(v), after_pooling=pooled,
-                                   feature_end=pos + (1 if pooled else 0)))
+                                   feature_end=pos + (1 if pooled else 0), conv_feature=conv,
+                                   cfg_index=i, height=ph, width=pw))
+        h, w = ph, pw
     return parts
 
 
 def partition_shapes(spec: ModelSpec, input_hw: tuple[int, int] | None = None
                      ) -> list[tuple[int, int, int]]:
     """(C, H, W) of every partition's output for an input size (default: the spec's)."""
-    h, w = input_hw or spec.input_hw
-    shapes = []
-    for i, v in enumerate(spec.cfg):
-        if v == "M":
-            h, w = h // 2, w // 2
-            if shapes:
-                shapes[-1] = (shapes[-1][0], h, w)
-            continue
-        shapes.append((int(v), h, w))
-    return shapes
+    return [p.shape for p in partition_table(spec, input_hw)]
+
+
+def conv_widths(spec: ModelSpec) -> list[int]:
+    """Output channels of each conv, in order (the widest C of each partition)."""
+    return [p.channels for p in partition_table(spec)]
 
 
 class SplitCNN(nn.Module):
@@ -147,7 +159,7 @@ class SplitCNN(nn.Module):
         self.features = features
         self.avgpool = nn.AdaptiveAvgPool2d(spec.pool_hw)
         layers: list[nn.Module] = []
-        width = int(spec.cfg[-2] if spec.cfg[-1] == "M" else spec.cfg[-1]) * spec.pool_hw[0] * spec.pool_hw[1]
+        width = self.partitions[-1].channels * spec.pool_hw[0] * spec.pool_hw[1]
         for h in spec.hidden:
             layers += [nn.Linear(width, h), nn.ReLU(True), nn.Dropout(spec.dropout)]
             width = h

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from common.timing import median_seconds
+
 PROJECT_FORMAT = "opt-coinfer-profile/1"
 
 
@@ -198,23 +200,6 @@ class MeasureConfig:
     repeats: int = 7         # timed runs; the median is kept
     batch: int = 1           # images per forward pass
     threads: int | None = None   # torch intra-op threads (None: torch's default)
-
-
-def median_seconds(fn, repeats: int, warmup: int = 1) -> float:
-    """Median wall seconds of `fn()` over `repeats` timed runs after `warmup` untimed ones
-    (time.perf_counter); 0.0 when repeats is 0."""
-    import statistics
-    import time
-    if repeats <= 0:
-        return 0.0
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _median_s(fn, cfg: MeasureConfig) -> float:

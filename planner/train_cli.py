@@ -133,9 +133,8 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def _evaluate_grid(args: argparse.Namespace) -> int:
-    from planner.artifact import conv_widths
     from planner.evaluate import ensure_base_record, evaluate, grid_schemes, recipe_name
-    from planner.models import get_spec
+    from planner.models import conv_widths, get_spec
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
     schemes = grid_schemes(args.model, channels, _int_list(args.bits, "--bits"))
     if args.partitions is not None:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from planner.artifact import ARTIFACT_FORMAT, ArtifactError, load_artifact, save_artifact
-from planner.evaluate import pruned_model
+from planner.pruning import pruned_model
 from planner.models import build_model, file_sha256
 from planner.scheme import Scheme
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from device import codec
+from common import codec
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
 from planner.accuracy_db import AccuracyDB

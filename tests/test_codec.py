@@ -12,8 +12,8 @@ import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from device import codec
-from device.codec import CodecConfig, CodecError, Encoding, EncodedFeatureMap
+from common import codec
+from common.codec import CodecConfig, CodecError, Encoding, EncodedFeatureMap
 from protos.coinfer.v1 import coinfer_pb2
 
 PROPS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -13,7 +13,7 @@ import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from device import codec
+from common import codec
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
 from planner.data import load_fashion_mnist

@@ -53,7 +53,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero():
     cloud = CloudProcess("--model", "vgg11_bn", "--input-size", "896", "--profile-repeats", "0",
                          "--grace-s", "30")
     image = np.random.default_rng(0).integers(0, 256, (3, 896, 896), dtype=np.uint8)
-    from device import codec
+    from common import codec
     slow = pb.InferRequest(request_id="in-flight", model="vgg11_bn", image=codec.encode_image(image))
     with CloudClient(ClientConfig(cloud.address, timeout_s=120)) as c:
         answers = {}
@@ -205,7 +205,7 @@ def test_concurrency_bound_answers_resource_exhausted():
     """With one call allowed, a second call while a slow one runs is refused, not queued."""
     cloud = CloudProcess("--model", "vgg11_bn", "--input-size", "896", "--profile-repeats", "0",
                          "--max-concurrent-rpcs", "1")
-    from device import codec
+    from common import codec
     image = np.random.default_rng(1).integers(0, 256, (3, 896, 896), dtype=np.uint8)
     slow = pb.InferRequest(request_id="slow", model="vgg11_bn", image=codec.encode_image(image))
     try:

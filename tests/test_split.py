@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from device import codec
-from planner.evaluate import select_channels
+from common import codec
+from planner.pruning import select_channels
 from planner.models import build_model, get_spec, model_names, partition_shapes, partition_table
 
 # small inputs keep vgg16_bn quick; the partition table does not depend on the input size

@@ -12,10 +12,10 @@ from planner import train_cli
 from planner.accuracy_db import BASE_SCHEME, AccuracyDB
 from planner.artifact import load_artifact
 from planner.data import DatasetUnavailable
-from planner.evaluate import (SchemeNet, channel_importance, conv_feature_indices, evaluate,
-                              evaluate_scheme, fake_quantize, grid_schemes,
-                              pruned_model, quantize_dequantize, select_channels)
+from planner.evaluate import (SchemeNet, evaluate, evaluate_scheme, fake_quantize, grid_schemes,
+                              quantize_dequantize)
 from planner.models import build_model, get_spec, partition_table
+from planner.pruning import channel_importance, pruned_model, select_channels
 from planner.scheme import Scheme, SchemeError
 from planner.train import TrainConfig, augment_batch, fit, load_dataset, train_model
 
@@ -55,7 +55,7 @@ def test_pruning_keeps_exactly_the_selected_channels(model, p):
     scheme = Scheme.split(p, 5, 4)
     net, keep = pruned_model(model, scheme)
     assert keep == select_channels(model, p, 5) and list(keep) == sorted(set(keep)) and len(keep) == 5
-    convs = conv_feature_indices(model.spec)
+    convs = [p.conv_feature for p in model.partitions]
     k, idx = convs[p], list(keep)
     assert torch.equal(net.features[k].weight, model.features[k].weight[idx])
     assert torch.equal(net.features[k + 1].running_var, model.features[k + 1].running_var[idx])
@@ -82,7 +82,7 @@ def test_pruned_network_equals_zero_filled_unmodified_network(model, p, c):
 
 def test_importance_is_the_bn_folded_filter_l1_norm(model):
     m = _random_model(1)
-    k = conv_feature_indices(m.spec)[2]
+    k = m.partition(2).conv_feature
     m.features[k + 1].weight.data.fill_(1e-3)
     m.features[k + 1].weight.data[[9, 40, 17]] = 10.0  # these three dominate
     assert select_channels(m, 2, 3) == (9, 17, 40)
@@ -133,7 +133,7 @@ def test_fake_quantizer_is_the_codec_math(bits):
 
 @pytest.mark.parametrize("bits", range(1, 9))
 def test_fake_quantizer_equals_device_codec_round_trip(bits):
-    codec = pytest.importorskip("device.codec")
+    codec = pytest.importorskip("common.codec")
     g = torch.Generator().manual_seed(100 + bits)
     x = torch.relu(torch.randn(3, 6, 7, 7, generator=g) * 2)
     x[0, 1] = 0.0  # a constant (dead) channel
@@ -211,7 +211,7 @@ def test_evaluation_writes_row_and_artifact_that_reproduces_it(tmp_path, fmnist_
     assert torch.equal(logits, ev.logits) and torch.equal(by_hand, ev.logits)
     # fine-tuning changed the weights: the artifact is not the plain pruned network
     plain, _ = pruned_model(build_model(MODEL, weights=weights_file), scheme)
-    k = conv_feature_indices(plain.spec)[3]
+    k = plain.partition(3).conv_feature
     assert not torch.equal(plain.features[k].weight, art.model.features[k].weight)
 
 

@@ -232,7 +232,7 @@ def _pack_generic(codes: np.ndarray, bits: int) -> bytes:
     # 64-bit word: two 4B-bit values at bit 32 and 0 -> one 8B-bit value in the low bits
     w = (w & _M32) | ((w >> np.uint64(32)) << (b * np.uint64(4)))
     out = w.astype(">u8").view(np.uint8).reshape(m, 8)[:, 8 - bits:]   # low B bytes, big-endian
-    return out.tobytes()[: -(-codes.size * bits // 8)]
+    return out.tobytes()[: packed_bytes(codes.size, bits)]
 
 
 def _unpack_generic(buf: np.ndarray, n: int, bits: int) -> np.ndarray:
@@ -308,7 +308,7 @@ def unpack_bits(buf: bytes | np.ndarray, n: int, bits: int) -> np.ndarray:
     """ceil(n*bits/8) bytes, MSB first -> (n,) uint8 codes."""
     bits = _check_bits(bits, "bits")
     arr = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1)
-    need = -(-n * bits // 8)
+    need = packed_bytes(n, bits)
     if arr.size != need:
         raise ValueError(f"expected {need} bytes for {n} codes of {bits} bits, got {arr.size}")
     if n == 0:
@@ -404,12 +404,19 @@ def _decompress_unknown_size(frame: bytes, expected: int, field_name: str) -> by
 
 # --- feature maps -------------------------------------------------------------------------
 
+def packed_bytes(values, bits):
+    """Bytes of `values` codes of `bits` bits, MSB-first bit-packed: ceil(values*bits/8).
+
+    The one place this formula lives; works on ints and on numpy integer arrays alike."""
+    return -(-(values * bits) // 8)
+
+
 def expected_payload_bytes(encoding: Encoding, channels: int, height: int, width: int,
                            bits: int) -> int:
     n = int(channels) * int(height) * int(width)
     if encoding is Encoding.FLOAT32:
         return 4 * n
-    return -(-n * int(bits) // 8)
+    return packed_bytes(n, int(bits))
 
 
 def _check_indices(idx: np.ndarray, total: int, field_name: str) -> None:
