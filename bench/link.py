@@ -67,7 +67,7 @@ def seed_db(path: Path) -> Path:
 
 
 def fmnist_db(explicit: str | None) -> str:
-    from device.live import runnable_errors
+    from device.live_planner import runnable_errors
     from planner.evaluate import default_db_path
     path = explicit or str(default_db_path("fmnist-vgg"))
     try:

@@ -33,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-classes", type=int, help="classifier width of --weights")
     s.add_argument("--artifact", action="append", default=[], metavar="FILE",
                    help="fine-tuned scheme artifact to serve (repeatable)")
+    bank = s.add_mutually_exclusive_group()
+    bank.add_argument("--bank", action="append", metavar="DIR",
+                      help="bank of fine-tuned tails to serve (repeatable; default: the model's shipped bank)")
+    bank.add_argument("--no-bank", action="store_true", help="serve no bank, not even the shipped one")
     s.add_argument("--input-size", type=parse_hw, help="image size HxW (default: the model's)")
     s.add_argument("--workers", type=int, default=8, help="RPC handler threads")
     s.add_argument("--max-concurrent-rpcs", type=int, default=64,
@@ -58,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     cfg = ServerConfig(host=args.host, port=args.port, model=args.model, weights=args.weights,
                        num_classes=args.num_classes, artifacts=tuple(args.artifact),
+                       banks=() if args.no_bank else (tuple(args.bank) if args.bank else None),
                        input_hw=args.input_size, max_workers=args.workers,
                        max_concurrent_rpcs=args.max_concurrent_rpcs,
                        max_message_bytes=args.max_message_bytes,

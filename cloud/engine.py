@@ -8,16 +8,19 @@ import logging
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Callable
 
 import numpy as np
 import torch
 
-from cloud.errors import (ArtifactMismatchError, DeadlineExpiredError, MissingInputError,
+from cloud.errors import (ArtifactMismatchError, BankRequestError, DeadlineExpiredError, MissingInputError,
                           UnknownPartitionError)
 from cloud.limits import AnswerCache, InflightBudget
 from common import codec
 from common.timing import median_seconds
+from planner.bank import LoadedBank
 from planner.models import SplitCNN, UnknownModelError, partition_shapes
+from planner.scheme import Scheme, SchemeError
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -40,6 +43,8 @@ class ServedModel:
     input_hw: tuple[int, int] = (0, 0)          # image size the partition table is for
     tail_s: list[float] = field(default_factory=list)  # median tail seconds per partition
     full_model_s: float = 0.0                   # median whole-network seconds (cloud-only)
+    weights_sha256: str = ""                    # of the weights file served ("" = random initialisation)
+    bank: LoadedBank | None = None              # fine-tuned tails by scheme (--bank)
 
     def shapes(self, net: SplitCNN) -> list[tuple[int, int, int]]:
         """(C, H, W) per partition of `net` (the unmodified model or an artifact's)."""
@@ -65,9 +70,52 @@ class ServedModel:
         ]
         arts = [pb.ArtifactInfo(sha256=sha, scheme=str(a.scheme), channel_indices=list(a.channel_indices))
                 for sha, a in self.artifacts.items()]
+        bank, base_error, recipe = [], 0.0, ""
+        if self.bank is not None:
+            m = self.bank.manifest
+            bank = [pb.BankScheme(scheme=str(e.scheme), channel_indices=list(e.channel_indices),
+                                  top1_error=e.top1_error, accuracy_loss=e.accuracy_loss)
+                    for e in m.schemes if e.scheme in self.bank.tails]
+            base_error, recipe = m.base_top1_error, m.recipe
         return pb.ModelInfo(name=self.name, num_classes=self.model.num_classes,
                             input_shape=[self.model.spec.in_channels, *self.input_hw],
-                            partitions=parts, cloud_full_model_s=self.full_model_s, artifacts=arts)
+                            partitions=parts, cloud_full_model_s=self.full_model_s, artifacts=arts,
+                            weights_sha256=self.weights_sha256, bank=bank, base_top1_error=base_error,
+                            bank_recipe=recipe)
+
+    def tail_for(self, bank_scheme: str, enc: codec.EncodedFeatureMap
+                 ) -> tuple[Callable[[torch.Tensor], torch.Tensor], int]:
+        """(tail function on the zero-filled map, pb.Tail) for a request naming `bank_scheme`.
+
+        The named scheme must describe the feature map, and a bank tail's channels must be
+        the ones it was fine-tuned on; a scheme the bank lacks runs the unmodified tail."""
+        p = enc.partition
+        unmodified = (lambda x: self.model.tail(x, p)), pb.TAIL_UNMODIFIED
+        if not bank_scheme:
+            return unmodified
+        try:
+            scheme = Scheme.parse(bank_scheme[:32])
+        except SchemeError as e:
+            raise BankRequestError(f"bank_scheme: {e}") from None
+        if not scheme.is_split:
+            raise BankRequestError(f"bank_scheme: expected P:C:B, got {scheme}")
+        for name, want, got in (("partition", scheme.partition, enc.partition),
+                                ("channels", scheme.channels, enc.channels), ("bits", scheme.bits, enc.bits)):
+            if want != got:
+                raise BankRequestError(f"feature_map.{name}: bank_scheme {scheme} has {name} {want}, "
+                                       f"the feature map {got}")
+        tail = self.bank.tails.get(scheme) if self.bank is not None else None
+        if tail is None:
+            return unmodified
+        if enc.encoding is not codec.Encoding.QUANTIZED:
+            raise BankRequestError(f"feature_map.encoding: bank tail {scheme} expects ENCODING_QUANTIZED, "
+                                   f"got {enc.encoding.name}")
+        sent = np.asarray(enc.channel_indices) if len(enc.channel_indices) else np.arange(enc.channels)
+        if not np.array_equal(sent, tail.keep.numpy()):
+            raise BankRequestError(f"feature_map.channel_indices: bank tail {scheme} was fine-tuned on "
+                                   f"channels {tail.keep.tolist()[:16]}, got {sent.tolist()[:16]}; the device's "
+                                   f"weights differ from the bank's")
+        return tail, pb.TAIL_BANK
 
 
 class Engine:
@@ -141,16 +189,22 @@ class Engine:
         if kind == "feature_map":
             enc = codec.feature_map_from_proto(req.feature_map)
             p = enc.partition
+            if req.artifact_sha256 and req.bank_scheme:
+                raise BankRequestError("bank_scheme: expected none with artifact_sha256 (an artifact has its own tail)")
             net = self._network(served, req.artifact_sha256, enc)
             if p >= len(net.partitions):
                 raise UnknownPartitionError(
                     f"feature_map.partition: expected 0..{len(net.partitions) - 1} for "
                     f"{served.name}, got {p}")
             c, h, w = served.shapes(net)[p]
+            if net is served.model:
+                tail, tail_kind = served.tail_for(req.bank_scheme, enc)
+            else:
+                tail, tail_kind = (lambda x: net.tail(x, p)), pb.TAIL_ARTIFACT
             fm = codec.decode_feature_map(enc, total_channels=c, height=h, width=w)
             x = torch.from_numpy(fm).unsqueeze(0)             # (1, C_p, H_p, W_p) float32
             t1 = time.perf_counter()
-            logits = net.tail(x, p)[0]
+            logits = tail(x)[0]
         elif kind == "image":
             if req.artifact_sha256:
                 raise ArtifactMismatchError(
@@ -160,13 +214,14 @@ class Engine:
             x = served.model.preprocess(torch.from_numpy(img).unsqueeze(0))
             t1 = time.perf_counter()
             logits = served.model(x)[0]
+            tail_kind = pb.TAIL_FULL
         else:
             raise MissingInputError("input: expected a feature_map or an image, got neither")
         t2 = time.perf_counter()
         scores = logits.float().numpy()
         return pb.InferResponse(request_id=req.request_id, logits=scores.tolist(),
                                 top1=int(np.argmax(scores)), decode_s=t1 - t0, tail_s=t2 - t1,
-                                received_bytes=received_bytes)
+                                received_bytes=received_bytes, tail=tail_kind)
 
 
 def probe(req: pb.ProbeRequest, receive_ns: int, max_response_bytes: int = 1 << 20) -> pb.ProbeResponse:

@@ -19,6 +19,10 @@ class ArtifactMismatchError(CloudError):
     """The device ran a different fine-tuned artifact than any this server holds."""
 
 
+class BankRequestError(CloudError):
+    """A request whose bank_scheme disagrees with its feature map or the bank's channels."""
+
+
 class MissingInputError(CloudError):
     """A request with neither a feature map nor an image."""
 
@@ -40,6 +44,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     CodecError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownPartitionError: grpc.StatusCode.INVALID_ARGUMENT,
     MissingInputError: grpc.StatusCode.INVALID_ARGUMENT,
+    BankRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
     ArtifactMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,

@@ -1,6 +1,7 @@
 """Build, start and run the cloud daemon."""
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 import signal
@@ -19,7 +20,8 @@ from cloud.security import TokenInterceptor, server_credentials
 from common.credentials import SecurityConfigError, read_token
 from common.limits import MAX_MESSAGE_BYTES
 from cloud.servicer import CoInferServicer
-from planner.models import build_model
+from planner.bank import LoadedBank, load_bank, shipped_bank_dir
+from planner.models import build_model, default_weights_path, file_sha256
 from protos.coinfer.v1 import coinfer_pb2 as pb
 from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
 
@@ -38,6 +40,7 @@ class ServerConfig:
     weights: str | None = None           # state dict; None = the model's shipped default
     num_classes: int | None = None       # classifier width when weights have another head
     artifacts: tuple[str, ...] = ()      # fine-tuned scheme artifacts to serve
+    banks: tuple[str, ...] | None = None  # bank directories to serve; None = the model's shipped bank, if any
     input_hw: tuple[int, int] | None = None  # image size (H, W); None = the model's default
     max_workers: int = 8                 # RPC handler threads
     max_concurrent_rpcs: int = 64        # beyond this, RESOURCE_EXHAUSTED
@@ -59,7 +62,10 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
 
 def load_served_model(cfg: ServerConfig) -> ServedModel:
     model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
-    served = ServedModel(name=cfg.model, model=model, input_hw=cfg.input_hw or model.spec.input_hw)
+    weights = cfg.weights or default_weights_path(model.spec)
+    served = ServedModel(name=cfg.model, model=model, input_hw=cfg.input_hw or model.spec.input_hw,
+                         weights_sha256=file_sha256(weights) if weights else "")
+    served.bank = load_banks(cfg, served)
     if cfg.artifacts:
         from planner.artifact import load_artifact
         for path in cfg.artifacts:
@@ -69,6 +75,29 @@ def load_served_model(cfg: ServerConfig) -> ServedModel:
             served.artifacts[art.sha256] = art
     served.measure(cfg.profile_repeats)
     return served
+
+
+def load_banks(cfg: ServerConfig, served: ServedModel) -> LoadedBank | None:
+    """The banks to serve, merged (a later directory's scheme wins); each must be built from
+    the served weights (BankWeightsMismatch names both sha256s otherwise)."""
+    dirs = cfg.banks
+    if dirs is None:   # the shipped bank goes with the shipped weights only
+        shipped = shipped_bank_dir(cfg.model)
+        if shipped is None or cfg.weights is not None or cfg.num_classes is not None:
+            return None
+        dirs = (str(shipped),)
+    merged: LoadedBank | None = None
+    for d in dirs:
+        bank = load_bank(d, served.model, cfg.model, served.weights_sha256)
+        if merged is None:
+            merged = bank
+        else:
+            merged.tails.update(bank.tails)
+            keep = [e for e in merged.manifest.schemes if e.scheme not in bank.tails]
+            merged.manifest = dataclasses.replace(merged.manifest, schemes=tuple(keep) + bank.manifest.schemes)
+    if merged is not None:
+        log.info("bank: %d fine-tuned tails for %s from %s", len(merged), cfg.model, ", ".join(dirs))
+    return merged
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import time
 import uuid
@@ -18,12 +19,18 @@ from device.client import CloudClient
 from planner.pruning import select_channels
 from planner.models import SplitCNN
 from planner.scheme import DEVICE_ONLY, Mode, Scheme
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+# InferResponse.tail -> the name the JSON reports (shared/CONTRACTS.md: `tail`)
+TAIL_NAMES = {pb.TAIL_BANK: "bank", pb.TAIL_UNMODIFIED: "unmodified", pb.TAIL_ARTIFACT: "artifact",
+              pb.TAIL_FULL: None, pb.TAIL_UNSPECIFIED: None}
 
 # The cloud could not answer this frame in time: it runs on the device instead. Any
 # other status (bad request, wrong token, mismatched artifact) is an error, not a fallback.
 FALLBACK_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED,
                             grpc.StatusCode.RESOURCE_EXHAUSTED})
-from protos.coinfer.v1 import coinfer_pb2 as pb
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,7 @@ class FrameResult:
     tail_s: float            # cloud: tail compute (from the answer)
     total_s: float           # end to end on the device
     fallback: str | None = None  # why this frame ran device-only instead (cloud status), else None
+    tail: str | None = None      # split frames: the cloud's tail, "bank", "unmodified" or "artifact"
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -51,12 +59,14 @@ class DeviceRunner:
     """Runs one model on the device under one scheme; the cloud does the rest."""
 
     def __init__(self, model: SplitCNN, model_name: str, client: CloudClient | None,
-                 codec_cfg: codec.CodecConfig = codec.CodecConfig(), artifact=None):
+                 codec_cfg: codec.CodecConfig = codec.CodecConfig(), artifact=None, use_bank: bool = True):
         self.model = model
         self.model_name = model_name
         self.client = client
         self.codec_cfg = codec_cfg
         self.artifact = artifact           # planner.artifact.Artifact or None
+        self.use_bank = use_bank           # split frames ask for the cloud's fine-tuned tail of their scheme
+        self._warned_unmodified: set[str] = set()
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:12]
         self._kept: dict[tuple[int, int], np.ndarray] = {}
@@ -100,9 +110,10 @@ class DeviceRunner:
         t1 = time.perf_counter()
         enc = codec.encode_feature_map(fm, scheme.partition, self.kept(scheme),
                                        None if lossless else scheme.bits, self.codec_cfg)
+        bank = self.use_bank and self.artifact is None and not lossless
         req = pb.InferRequest(request_id=self.new_request_id(), model=self.model_name,
                               artifact_sha256=self.artifact.sha256 if self.artifact else "",
-                              feature_map=codec.feature_map_to_proto(enc))
+                              feature_map=codec.feature_map_to_proto(enc), bank_scheme=str(scheme) if bank else "")
         return req, None, t1 - t0, time.perf_counter() - t1
 
     def run(self, scheme: Scheme, image: np.ndarray, label: int | None = None,
@@ -126,8 +137,14 @@ class DeviceRunner:
             _, logits, local_s, _ = self.prepare(DEVICE_ONLY, image)
             return FrameResult(req.request_id, str(DEVICE_ONLY), int(np.argmax(logits)), label, local_s, 0.0,
                                0, 0.0, 0.0, 0.0, time.perf_counter() - t0, f"{e.code().name}: {e.details()}")
+        tail = TAIL_NAMES.get(resp.tail)
+        if req.bank_scheme and tail == "unmodified" and req.bank_scheme not in self._warned_unmodified:
+            self._warned_unmodified.add(req.bank_scheme)
+            log.warning("the cloud's bank has no fine-tuned tail for %s: it ran the unmodified tail, whose "
+                        "accuracy at this compression can be far lower", req.bank_scheme)
         return FrameResult(req.request_id, str(scheme), int(resp.top1), label, head_s, encode_s,
-                           req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0)
+                           req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0,
+                           tail=tail)
 
 
 def summarize(results: Sequence[FrameResult]) -> dict:
@@ -140,8 +157,10 @@ def summarize(results: Sequence[FrameResult]) -> dict:
     def mean(attr: str) -> float:
         return float(statistics.fmean(getattr(r, attr) for r in results)) if results else 0.0
 
+    tails = {r.tail for r in results if r.tail is not None}   # split frames the cloud answered
     return {
         "scheme": counts.most_common(1)[0][0] if counts else None,
+        "tail": (tails.pop() if len(tails) == 1 else "mixed") if tails else None,
         "scheme_counts": dict(counts),
         "images": len(results),
         "top1_accuracy": acc,

@@ -23,7 +23,8 @@ import grpc
 import numpy as np
 
 from device.client import CloudClient
-from device.live import LivePlanner, LiveState
+from device.live_planner import LivePlanner
+from device.live_profile import LiveState
 from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
 from planner.scheme import DEVICE_ONLY, Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -94,6 +95,9 @@ class LiveSession:
             if self.state.model_name not in info:
                 raise RuntimeError(f"the cloud does not serve {self.state.model_name}")
             self.state.server = info[self.state.model_name]
+            if self.planner is not None:
+                self.planner.use_server_info(self.state.server)
+                self.state.base_top1_error = self.planner.base_error
 
     def _reachability_loop(self) -> None:
         """While the cloud is down: ask it for its server info until it answers.  The link is

@@ -13,6 +13,7 @@ SUBCOMMAND_MODULES = (
     "planner.db_cli",        # db import / export / list
     "planner.search_cli",    # search, frontier
     "planner.profile_cli",   # profile
+    "planner.bank_cli",      # bank build
 )
 
 

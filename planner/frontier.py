@@ -1,14 +1,17 @@
 """The latency/accuracy Pareto frontier of recorded schemes, as rows and as a PNG plot."""
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from planner.accuracy_db import AccuracyView
 from planner.latency import LatencyModel
+from planner.profile import Profile
 from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Scheme
 from planner.search import CandidateSet, Space, build_candidates
 
@@ -78,3 +81,50 @@ def plot_frontier(frontier: list[FrontierPoint], points: list[FrontierPoint], mo
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def with_device_speed(profile: Profile, speed: float) -> Profile:
+    """The profile of a device `speed` times as fast (0.1: a tenth of the measured device):
+    its head, full-model and encode seconds divided by `speed`; link and cloud unchanged."""
+    if not speed > 0:
+        raise ValueError(f"expected a device speed > 0, got {speed}")
+    parts = tuple(dataclasses.replace(p, device_head_s=p.device_head_s / speed) for p in profile.partitions)
+    codec = tuple(dataclasses.replace(c, encode_s=c.encode_s / speed) for c in profile.codec)
+    return dataclasses.replace(profile, partitions=parts, codec=codec,
+                               device_full_model_s=profile.device_full_model_s / speed,
+                               encode_s_per_value=profile.encode_s_per_value / speed)
+
+
+def frontier_schemes(profile: Profile, view: AccuracyView, bandwidths_mbps: Sequence[float],
+                     device_speeds: Sequence[float]) -> dict[Scheme, int]:
+    """Split schemes on the latency/accuracy frontier somewhere in a range of operating
+    points (uplink bandwidth x device speed), with the number of points where each is."""
+    hits: dict[Scheme, int] = {}
+    for bw in bandwidths_mbps:
+        for speed in device_speeds:
+            frontier, _ = pareto_frontier(LatencyModel.from_profile(with_device_speed(profile, speed), bw), view)
+            for p in frontier:
+                if p.scheme.is_split:
+                    hits[p.scheme] = hits.get(p.scheme, 0) + 1
+    return hits
+
+
+def schemes_beating_single_ends(profile: Profile, schemes: Sequence[Scheme], bandwidths_mbps: Sequence[float],
+                                device_speeds: Sequence[float], margin: float = 0.0) -> dict[Scheme, float]:
+    """Split schemes predicted faster than both single ends at some operating point (uplink
+    bandwidth x device speed), with their best speed-up over the faster single end there
+    (`margin`: also those within that fraction of it, for the latency model's error).
+
+    A split scheme is never more accurate than the unmodified network (both single ends), so
+    only these can be on the latency/accuracy frontier anywhere in that range, whatever
+    accuracy fine-tuning gives them: the schemes a bank must hold to cover it."""
+    best: dict[Scheme, float] = {}
+    for bw in bandwidths_mbps:
+        for speed in device_speeds:
+            lat = LatencyModel.from_profile(with_device_speed(profile, speed), bw)
+            single = lat.best_single_end()[1]
+            for s in schemes:
+                ratio = single / lat.latency_s(s)
+                if ratio > 1.0 - margin and ratio > best.get(s, 0.0):
+                    best[s] = ratio
+    return best

@@ -9,13 +9,16 @@ import pytest
 import torch
 
 from device.client import ClientConfig, CloudClient
-from device.live import (ByteRatios, LinkEstimator, LivePlanner, LiveState, RequirementKind,
-                         RequirementSpec, measure_device_times, runnable_errors)
+from device.device_times import DeviceTimes, measure_device_times
+from device.link import LinkEstimator
+from device.live_planner import LivePlanner, runnable_errors
+from device.live_profile import ByteRatios, LiveState
 from device.runner import DeviceRunner
 from planner.accuracy_db import AccuracyDB
 from planner.evaluate import evaluate
 from planner.models import build_model
 from planner.profile import load_profile
+from planner.requirement import RequirementKind, RequirementSpec
 from planner.scheme import Scheme
 from tests.conftest import REPO
 
@@ -94,7 +97,6 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     # a device far slower than the cloud (whatever this shared machine measured for the
     # cloud): its head times scaled until the whole net takes 1 s + 100 x the cloud's
     dev = measure_device_times(model, (28, 28), repeats=3)
-    from device.live import DeviceTimes
     k = (1.0 + 100 * max(info.cloud_full_model_s, max(p.cloud_tail_s for p in info.partitions))) / dev.full_model_s
     slow = DeviceTimes(tuple(k * h for h in dev.head_s), k * dev.full_model_s, 3, None, k * dev.encode_s_per_value)
     state = LiveState("fmnist-vgg", model, (28, 28), slow, info, base)
@@ -108,7 +110,7 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     assert planner.plans == 2
     # every recorded row looked up: exact, and what the GP-driven search finds too
     assert fast.proven and fast.evaluations == sum(1 for s in errors if s.is_split)
-    from device.live import Strategy
+    from planner.search import Strategy
     gp = LivePlanner(errors, base, planner.requirement, strategy=Strategy.BAYES).plan(state.profile(), 1000.0)
     assert gp.scheme == fast.scheme
 
@@ -215,7 +217,6 @@ class _CallLog:
 
 
 def _session(cloud_address, model, scheme, probe_interval_s):
-    from device.live import measure_device_times
     from device.session import LiveSession
     client = CloudClient(ClientConfig(cloud_address))
     state = LiveState("fmnist-vgg", model, (28, 28), measure_device_times(model, (28, 28), repeats=1), None, None)

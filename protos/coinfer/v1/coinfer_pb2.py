@@ -24,37 +24,41 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/coinfer/v1/coinfer.proto\x12\ncoinfer.v1\"\x13\n\x11ServerInfoRequest\"x\n\tPartition\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x15\n\rafter_pooling\x18\x05 \x01(\x08\x12\x14\n\x0c\x63loud_tail_s\x18\x06 \x01(\x01\"G\n\x0c\x41rtifactInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x17\n\x0f\x63hannel_indices\x18\x03 \x03(\r\"\xb7\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12)\n\npartitions\x18\x04 \x03(\x0b\x32\x15.coinfer.v1.Partition\x12\x1a\n\x12\x63loud_full_model_s\x18\x05 \x01(\x01\x12+\n\tartifacts\x18\x06 \x03(\x0b\x32\x18.coinfer.v1.ArtifactInfo\"_\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12%\n\x06models\x18\x02 \x03(\x0b\x32\x15.coinfer.v1.ModelInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\"\xd1\x01\n\nFeatureMap\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12&\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x14.coinfer.v1.Encoding\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x17\n\x0f\x63hannel_indices\x18\x07 \x03(\r\x12\x0f\n\x07offsets\x18\x08 \x03(\x02\x12\x0e\n\x06scales\x18\t \x03(\x02\x12\x0f\n\x07payload\x18\n \x01(\x0c\"I\n\x05Image\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\xa6\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x03 \x01(\t\x12-\n\x0b\x66\x65\x61ture_map\x18\x04 \x01(\x0b\x32\x16.coinfer.v1.FeatureMapH\x00\x12\"\n\x05image\x18\x05 \x01(\x0b\x32\x11.coinfer.v1.ImageH\x00\x42\x07\n\x05input\"{\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06logits\x18\x02 \x03(\x02\x12\x0c\n\x04top1\x18\x03 \x01(\r\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x0e\n\x06tail_s\x18\x05 \x01(\x01\x12\x16\n\x0ereceived_bytes\x18\x06 \x01(\x04\"7\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x16\n\x0eresponse_bytes\x18\x02 \x01(\r\"k\n\rProbeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x19\n\x11server_receive_ns\x18\x03 \x01(\x03\x12\x16\n\x0eserver_send_ns\x18\x04 \x01(\x03*R\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NCODING_QUANTIZED\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x02\x32\x95\x02\n\x07\x43oInfer\x12\x46\n\rGetServerInfo\x12\x1d.coinfer.v1.ServerInfoRequest\x1a\x16.coinfer.v1.ServerInfo\x12<\n\x05Infer\x12\x18.coinfer.v1.InferRequest\x1a\x19.coinfer.v1.InferResponse\x12\x46\n\x0bInferStream\x12\x18.coinfer.v1.InferRequest\x1a\x19.coinfer.v1.InferResponse(\x01\x30\x01\x12<\n\x05Probe\x12\x18.coinfer.v1.ProbeRequest\x1a\x19.coinfer.v1.ProbeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotos/coinfer/v1/coinfer.proto\x12\ncoinfer.v1\"\x13\n\x11ServerInfoRequest\"x\n\tPartition\x12\r\n\x05index\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12\x15\n\rafter_pooling\x18\x05 \x01(\x08\x12\x14\n\x0c\x63loud_tail_s\x18\x06 \x01(\x01\"G\n\x0c\x41rtifactInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06scheme\x18\x02 \x01(\t\x12\x17\n\x0f\x63hannel_indices\x18\x03 \x03(\r\"`\n\nBankScheme\x12\x0e\n\x06scheme\x18\x01 \x01(\t\x12\x17\n\x0f\x63hannel_indices\x18\x02 \x03(\r\x12\x12\n\ntop1_error\x18\x03 \x01(\x01\x12\x15\n\raccuracy_loss\x18\x04 \x01(\x01\"\xa3\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x13\n\x0bnum_classes\x18\x02 \x01(\r\x12\x13\n\x0binput_shape\x18\x03 \x03(\r\x12)\n\npartitions\x18\x04 \x03(\x0b\x32\x15.coinfer.v1.Partition\x12\x1a\n\x12\x63loud_full_model_s\x18\x05 \x01(\x01\x12+\n\tartifacts\x18\x06 \x03(\x0b\x32\x18.coinfer.v1.ArtifactInfo\x12\x16\n\x0eweights_sha256\x18\x07 \x01(\t\x12$\n\x04\x62\x61nk\x18\x08 \x03(\x0b\x32\x16.coinfer.v1.BankScheme\x12\x17\n\x0f\x62\x61se_top1_error\x18\t \x01(\x01\x12\x13\n\x0b\x62\x61nk_recipe\x18\n \x01(\t\"_\n\nServerInfo\x12\x0f\n\x07version\x18\x01 \x01(\t\x12%\n\x06models\x18\x02 \x03(\x0b\x32\x15.coinfer.v1.ModelInfo\x12\x19\n\x11max_message_bytes\x18\x03 \x01(\x04\"\xd1\x01\n\nFeatureMap\x12\x11\n\tpartition\x18\x01 \x01(\r\x12\x10\n\x08\x63hannels\x18\x02 \x01(\r\x12\x0e\n\x06height\x18\x03 \x01(\r\x12\r\n\x05width\x18\x04 \x01(\r\x12&\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x14.coinfer.v1.Encoding\x12\x0c\n\x04\x62its\x18\x06 \x01(\r\x12\x17\n\x0f\x63hannel_indices\x18\x07 \x03(\r\x12\x0f\n\x07offsets\x18\x08 \x03(\x02\x12\x0e\n\x06scales\x18\t \x03(\x02\x12\x0f\n\x07payload\x18\n \x01(\x0c\"I\n\x05Image\x12\x10\n\x08\x63hannels\x18\x01 \x01(\r\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\"\xbb\x01\n\x0cInferRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x17\n\x0f\x61rtifact_sha256\x18\x03 \x01(\t\x12-\n\x0b\x66\x65\x61ture_map\x18\x04 \x01(\x0b\x32\x16.coinfer.v1.FeatureMapH\x00\x12\"\n\x05image\x18\x05 \x01(\x0b\x32\x11.coinfer.v1.ImageH\x00\x12\x13\n\x0b\x62\x61nk_scheme\x18\x06 \x01(\tB\x07\n\x05input\"\x9b\x01\n\rInferResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06logits\x18\x02 \x03(\x02\x12\x0c\n\x04top1\x18\x03 \x01(\r\x12\x10\n\x08\x64\x65\x63ode_s\x18\x04 \x01(\x01\x12\x0e\n\x06tail_s\x18\x05 \x01(\x01\x12\x16\n\x0ereceived_bytes\x18\x06 \x01(\x04\x12\x1e\n\x04tail\x18\x07 \x01(\x0e\x32\x10.coinfer.v1.Tail\"7\n\x0cProbeRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x16\n\x0eresponse_bytes\x18\x02 \x01(\r\"k\n\rProbeResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x12\x16\n\x0ereceived_bytes\x18\x02 \x01(\x04\x12\x19\n\x11server_receive_ns\x18\x03 \x01(\x03\x12\x16\n\x0eserver_send_ns\x18\x04 \x01(\x03*R\n\x08\x45ncoding\x12\x18\n\x14\x45NCODING_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45NCODING_QUANTIZED\x10\x01\x12\x14\n\x10\x45NCODING_FLOAT32\x10\x02*b\n\x04Tail\x12\x14\n\x10TAIL_UNSPECIFIED\x10\x00\x12\x13\n\x0fTAIL_UNMODIFIED\x10\x01\x12\r\n\tTAIL_BANK\x10\x02\x12\x11\n\rTAIL_ARTIFACT\x10\x03\x12\r\n\tTAIL_FULL\x10\x04\x32\x95\x02\n\x07\x43oInfer\x12\x46\n\rGetServerInfo\x12\x1d.coinfer.v1.ServerInfoRequest\x1a\x16.coinfer.v1.ServerInfo\x12<\n\x05Infer\x12\x18.coinfer.v1.InferRequest\x1a\x19.coinfer.v1.InferResponse\x12\x46\n\x0bInferStream\x12\x18.coinfer.v1.InferRequest\x1a\x19.coinfer.v1.InferResponse(\x01\x30\x01\x12<\n\x05Probe\x12\x18.coinfer.v1.ProbeRequest\x1a\x19.coinfer.v1.ProbeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.coinfer.v1.coinfer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=1293
-  _globals['_ENCODING']._serialized_end=1375
+  _globals['_ENCODING']._serialized_start=1553
+  _globals['_ENCODING']._serialized_end=1635
+  _globals['_TAIL']._serialized_start=1637
+  _globals['_TAIL']._serialized_end=1735
   _globals['_SERVERINFOREQUEST']._serialized_start=47
   _globals['_SERVERINFOREQUEST']._serialized_end=66
   _globals['_PARTITION']._serialized_start=68
   _globals['_PARTITION']._serialized_end=188
   _globals['_ARTIFACTINFO']._serialized_start=190
   _globals['_ARTIFACTINFO']._serialized_end=261
-  _globals['_MODELINFO']._serialized_start=264
-  _globals['_MODELINFO']._serialized_end=447
-  _globals['_SERVERINFO']._serialized_start=449
-  _globals['_SERVERINFO']._serialized_end=544
-  _globals['_FEATUREMAP']._serialized_start=547
-  _globals['_FEATUREMAP']._serialized_end=756
-  _globals['_IMAGE']._serialized_start=758
-  _globals['_IMAGE']._serialized_end=831
-  _globals['_INFERREQUEST']._serialized_start=834
-  _globals['_INFERREQUEST']._serialized_end=1000
-  _globals['_INFERRESPONSE']._serialized_start=1002
-  _globals['_INFERRESPONSE']._serialized_end=1125
-  _globals['_PROBEREQUEST']._serialized_start=1127
-  _globals['_PROBEREQUEST']._serialized_end=1182
-  _globals['_PROBERESPONSE']._serialized_start=1184
-  _globals['_PROBERESPONSE']._serialized_end=1291
-  _globals['_COINFER']._serialized_start=1378
-  _globals['_COINFER']._serialized_end=1655
+  _globals['_BANKSCHEME']._serialized_start=263
+  _globals['_BANKSCHEME']._serialized_end=359
+  _globals['_MODELINFO']._serialized_start=362
+  _globals['_MODELINFO']._serialized_end=653
+  _globals['_SERVERINFO']._serialized_start=655
+  _globals['_SERVERINFO']._serialized_end=750
+  _globals['_FEATUREMAP']._serialized_start=753
+  _globals['_FEATUREMAP']._serialized_end=962
+  _globals['_IMAGE']._serialized_start=964
+  _globals['_IMAGE']._serialized_end=1037
+  _globals['_INFERREQUEST']._serialized_start=1040
+  _globals['_INFERREQUEST']._serialized_end=1227
+  _globals['_INFERRESPONSE']._serialized_start=1230
+  _globals['_INFERRESPONSE']._serialized_end=1385
+  _globals['_PROBEREQUEST']._serialized_start=1387
+  _globals['_PROBEREQUEST']._serialized_end=1442
+  _globals['_PROBERESPONSE']._serialized_start=1444
+  _globals['_PROBERESPONSE']._serialized_end=1551
+  _globals['_COINFER']._serialized_start=1738
+  _globals['_COINFER']._serialized_end=2015
 # @@protoc_insertion_point(module_scope)

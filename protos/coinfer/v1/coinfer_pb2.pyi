@@ -12,9 +12,22 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ENCODING_UNSPECIFIED: _ClassVar[Encoding]
     ENCODING_QUANTIZED: _ClassVar[Encoding]
     ENCODING_FLOAT32: _ClassVar[Encoding]
+
+class Tail(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TAIL_UNSPECIFIED: _ClassVar[Tail]
+    TAIL_UNMODIFIED: _ClassVar[Tail]
+    TAIL_BANK: _ClassVar[Tail]
+    TAIL_ARTIFACT: _ClassVar[Tail]
+    TAIL_FULL: _ClassVar[Tail]
 ENCODING_UNSPECIFIED: Encoding
 ENCODING_QUANTIZED: Encoding
 ENCODING_FLOAT32: Encoding
+TAIL_UNSPECIFIED: Tail
+TAIL_UNMODIFIED: Tail
+TAIL_BANK: Tail
+TAIL_ARTIFACT: Tail
+TAIL_FULL: Tail
 
 class ServerInfoRequest(_message.Message):
     __slots__ = ()
@@ -46,21 +59,41 @@ class ArtifactInfo(_message.Message):
     channel_indices: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, sha256: _Optional[str] = ..., scheme: _Optional[str] = ..., channel_indices: _Optional[_Iterable[int]] = ...) -> None: ...
 
+class BankScheme(_message.Message):
+    __slots__ = ("scheme", "channel_indices", "top1_error", "accuracy_loss")
+    SCHEME_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_INDICES_FIELD_NUMBER: _ClassVar[int]
+    TOP1_ERROR_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_LOSS_FIELD_NUMBER: _ClassVar[int]
+    scheme: str
+    channel_indices: _containers.RepeatedScalarFieldContainer[int]
+    top1_error: float
+    accuracy_loss: float
+    def __init__(self, scheme: _Optional[str] = ..., channel_indices: _Optional[_Iterable[int]] = ..., top1_error: _Optional[float] = ..., accuracy_loss: _Optional[float] = ...) -> None: ...
+
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "num_classes", "input_shape", "partitions", "cloud_full_model_s", "artifacts")
+    __slots__ = ("name", "num_classes", "input_shape", "partitions", "cloud_full_model_s", "artifacts", "weights_sha256", "bank", "base_top1_error", "bank_recipe")
     NAME_FIELD_NUMBER: _ClassVar[int]
     NUM_CLASSES_FIELD_NUMBER: _ClassVar[int]
     INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
     PARTITIONS_FIELD_NUMBER: _ClassVar[int]
     CLOUD_FULL_MODEL_S_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_SHA256_FIELD_NUMBER: _ClassVar[int]
+    BANK_FIELD_NUMBER: _ClassVar[int]
+    BASE_TOP1_ERROR_FIELD_NUMBER: _ClassVar[int]
+    BANK_RECIPE_FIELD_NUMBER: _ClassVar[int]
     name: str
     num_classes: int
     input_shape: _containers.RepeatedScalarFieldContainer[int]
     partitions: _containers.RepeatedCompositeFieldContainer[Partition]
     cloud_full_model_s: float
     artifacts: _containers.RepeatedCompositeFieldContainer[ArtifactInfo]
-    def __init__(self, name: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ..., cloud_full_model_s: _Optional[float] = ..., artifacts: _Optional[_Iterable[_Union[ArtifactInfo, _Mapping]]] = ...) -> None: ...
+    weights_sha256: str
+    bank: _containers.RepeatedCompositeFieldContainer[BankScheme]
+    base_top1_error: float
+    bank_recipe: str
+    def __init__(self, name: _Optional[str] = ..., num_classes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., partitions: _Optional[_Iterable[_Union[Partition, _Mapping]]] = ..., cloud_full_model_s: _Optional[float] = ..., artifacts: _Optional[_Iterable[_Union[ArtifactInfo, _Mapping]]] = ..., weights_sha256: _Optional[str] = ..., bank: _Optional[_Iterable[_Union[BankScheme, _Mapping]]] = ..., base_top1_error: _Optional[float] = ..., bank_recipe: _Optional[str] = ...) -> None: ...
 
 class ServerInfo(_message.Message):
     __slots__ = ("version", "models", "max_message_bytes")
@@ -109,34 +142,38 @@ class Image(_message.Message):
     def __init__(self, channels: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
 class InferRequest(_message.Message):
-    __slots__ = ("request_id", "model", "artifact_sha256", "feature_map", "image")
+    __slots__ = ("request_id", "model", "artifact_sha256", "feature_map", "image", "bank_scheme")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ARTIFACT_SHA256_FIELD_NUMBER: _ClassVar[int]
     FEATURE_MAP_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    BANK_SCHEME_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     model: str
     artifact_sha256: str
     feature_map: FeatureMap
     image: Image
-    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., feature_map: _Optional[_Union[FeatureMap, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+    bank_scheme: str
+    def __init__(self, request_id: _Optional[str] = ..., model: _Optional[str] = ..., artifact_sha256: _Optional[str] = ..., feature_map: _Optional[_Union[FeatureMap, _Mapping]] = ..., image: _Optional[_Union[Image, _Mapping]] = ..., bank_scheme: _Optional[str] = ...) -> None: ...
 
 class InferResponse(_message.Message):
-    __slots__ = ("request_id", "logits", "top1", "decode_s", "tail_s", "received_bytes")
+    __slots__ = ("request_id", "logits", "top1", "decode_s", "tail_s", "received_bytes", "tail")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     LOGITS_FIELD_NUMBER: _ClassVar[int]
     TOP1_FIELD_NUMBER: _ClassVar[int]
     DECODE_S_FIELD_NUMBER: _ClassVar[int]
     TAIL_S_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     logits: _containers.RepeatedScalarFieldContainer[float]
     top1: int
     decode_s: float
     tail_s: float
     received_bytes: int
-    def __init__(self, request_id: _Optional[str] = ..., logits: _Optional[_Iterable[float]] = ..., top1: _Optional[int] = ..., decode_s: _Optional[float] = ..., tail_s: _Optional[float] = ..., received_bytes: _Optional[int] = ...) -> None: ...
+    tail: Tail
+    def __init__(self, request_id: _Optional[str] = ..., logits: _Optional[_Iterable[float]] = ..., top1: _Optional[int] = ..., decode_s: _Optional[float] = ..., tail_s: _Optional[float] = ..., received_bytes: _Optional[int] = ..., tail: _Optional[_Union[Tail, str]] = ...) -> None: ...
 
 class ProbeRequest(_message.Message):
     __slots__ = ("payload", "response_bytes")

@@ -1,0 +1,186 @@
+"""One device, built from a `DeviceConfig`: model, cloud client, runner and, for `auto`, the
+live session.  `device.__main__` only parses flags into the config and prints results."""
+from __future__ import annotations
+
+import enum
+import logging
+from dataclasses import dataclass, field
+
+import grpc
+import torch
+
+from common import codec
+from device.client import ClientConfig, CloudClient
+from device.inputs import InputError
+from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
+from planner.bank import BankWeightsMismatch
+from planner.models import build_model, default_weights_path, file_sha256
+from planner.requirement import RequirementKind, RequirementSpec
+from planner.scheme import DEVICE_ONLY, Scheme
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class TailChoice(enum.Enum):
+    BANK = "bank"                # split frames ask for the cloud's fine-tuned tail of their scheme
+    UNMODIFIED = "unmodified"    # split frames run the unmodified network's tail
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Everything a device command needs; the CLI's defaults are these."""
+
+    cloud: str | None = None             # HOST:PORT of coinfer-cloud; None: device-only
+    model: str = "fmnist-vgg"            # registry name
+    weights: str | None = None           # state dict; None = the model's shipped weights
+    num_classes: int | None = None       # classifier width of `weights`
+    artifact: str | None = None          # fine-tuned scheme artifact (the same file as the cloud's)
+    scheme: str = "device-only"          # P:C:B, device-only, cloud-only or auto
+    requirement: RequirementSpec = RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, 0.01)  # auto's goal
+    tail: TailChoice = TailChoice.BANK   # which tail split frames ask the cloud for
+    db: str | None = None                # auto: plan over this accuracy database's rows instead of the bank
+    recipe: str | None = None            # auto: plan over database rows of this recipe prefix (default ft0-:
+                                         # the unmodified network); with neither, over the cloud's bank
+    dataset_name: str | None = None      # dataset of the database rows (None = the model's)
+    hysteresis: float = 0.25             # auto: re-plan when bandwidth leaves x(1 +- h) of the planned one
+    probe_interval_s: float = 5.0        # auto: probe when no frame sampled the bandwidth for this long
+    profile_out: str | None = None       # auto: write the live profile here on exit
+    cpu_quota: float | None = None       # fraction of one CPU to confine the process to (root)
+    zstd_level: int = codec.CodecConfig().zstd_level
+    timeout_s: float = 30.0              # deadline per call, seconds
+    tls_ca: str | None = None            # PEM CA of the cloud's certificate; enables TLS
+    tls_cert: str | None = None          # PEM client certificate (mutual TLS)
+    tls_key: str | None = None           # PEM private key of tls_cert
+    token_file: str | None = None        # file with the bearer token
+    threads: int = 1                     # torch intra-op threads (1, as on a small device)
+    lossless: bool = False               # send float32 maps (reference mode; ignores B)
+
+    @property
+    def auto(self) -> bool:
+        return self.scheme == "auto"
+
+
+def weights_sha256(cfg: DeviceConfig, spec) -> str:
+    path = cfg.weights or default_weights_path(spec)
+    return file_sha256(path) if path else ""
+
+
+def fetch_model_info(client: CloudClient, model: str) -> pb.ModelInfo | None:
+    """The cloud's ModelInfo for `model`, or None when the cloud cannot be reached now."""
+    try:
+        info = client.server_info()
+    except grpc.RpcError as e:
+        if e.code() not in FALLBACK_CODES:
+            raise
+        log.warning("cloud unreachable (%s); running device-only until it answers", e.code().name)
+        return None
+    served = {m.name: m for m in info.models}
+    if model not in served:
+        raise InputError(f"the cloud serves {', '.join(served)}, not {model}")
+    return served[model]
+
+
+def check_bank_weights(info: pb.ModelInfo | None, own_sha256: str) -> None:
+    """A cloud whose bank was fine-tuned behind other weights than this device's is refused."""
+    if info is None or not info.bank or not info.weights_sha256 or info.weights_sha256 == own_sha256:
+        return
+    raise BankWeightsMismatch(info.weights_sha256, own_sha256 or "(random initialisation)",
+                              f"the cloud's bank for {info.name}")
+
+
+@dataclass
+class Device:
+    """Model, client, runner and, for auto, the live session, built from a DeviceConfig."""
+
+    cfg: DeviceConfig
+    quota: object = None
+    session: object = None
+    client: CloudClient | None = None
+    info: pb.ModelInfo | None = None
+    runner: DeviceRunner = field(init=False)
+
+    def __post_init__(self) -> None:
+        cfg = self.cfg
+        if cfg.cpu_quota is not None:   # refuse before loading anything
+            from device.cpu_quota import require_cpu_quota
+            require_cpu_quota()
+        self.scheme = None if cfg.auto else Scheme.parse(cfg.scheme)
+        torch.set_num_threads(cfg.threads)
+        self.artifact = None
+        if cfg.artifact:
+            from planner.artifact import load_artifact
+            self.artifact = load_artifact(cfg.artifact)
+        self.model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+        needs_cloud = self.scheme != DEVICE_ONLY
+        if needs_cloud and not cfg.cloud:
+            raise InputError(f"scheme {cfg.scheme} needs --cloud HOST:PORT")
+        if needs_cloud:
+            self.client = CloudClient(ClientConfig(cfg.cloud, timeout_s=cfg.timeout_s, tls_ca=cfg.tls_ca,
+                                                   tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
+                                                   token_file=cfg.token_file))
+            self.info = fetch_model_info(self.client, cfg.model)     # None while the cloud is unreachable
+            if cfg.tail is TailChoice.BANK and self.artifact is None:
+                check_bank_weights(self.info, weights_sha256(cfg, self.model.spec))
+        self.runner = DeviceRunner(self.model, cfg.model, self.client, codec.CodecConfig(cfg.zstd_level),
+                                   self.artifact, use_bank=cfg.tail is TailChoice.BANK)
+        if cfg.cpu_quota is not None:   # after imports and model loading, before profiling
+            from device.cpu_quota import confine_to_cpu_fraction
+            self.quota = confine_to_cpu_fraction(cfg.cpu_quota)
+        if self.scheme is None:
+            self.session = self._live_session()
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        return self.session.state.input_hw if self.session is not None else self.model.spec.input_hw
+
+    def _planner(self):
+        from device.live_planner import LivePlanner, runnable_errors
+        cfg, spec = self.cfg, self.model.spec
+        if cfg.recipe is not None or cfg.db is not None or (self.info is not None and not self.info.bank):
+            from planner.evaluate import default_db_path
+            recipe = cfg.recipe or "ft0-"
+            if cfg.recipe is None:
+                log.warning("the cloud holds no bank of fine-tuned tails for %s: planning over the database's "
+                            "%s rows (the unmodified network)", cfg.model, recipe)
+            errors, base = runnable_errors(cfg.db or default_db_path(cfg.model),
+                                           cfg.model, cfg.dataset_name or spec.dataset or "", recipe)
+            return LivePlanner(errors, base, cfg.requirement, hysteresis=cfg.hysteresis)
+        planner = LivePlanner({}, 0.0, cfg.requirement, hysteresis=cfg.hysteresis, from_bank=True)
+        if self.info is not None:
+            planner.use_server_info(self.info)
+        return planner
+
+    def _live_session(self):
+        from device.device_times import cached_device_times
+        from device.live_profile import LiveState
+        from device.session import LiveSession
+        if self.artifact is not None:
+            raise InputError("--scheme auto plans over the unmodified model and the cloud's bank; drop --artifact")
+        cfg, spec = self.cfg, self.model.spec
+        hw = tuple(self.info.input_shape[1:]) if self.info is not None else spec.input_hw
+        weights_key = cfg.weights or str(spec.default_weights)
+        device = cached_device_times(self.model, f"{cfg.model}:{weights_key}", hw, cfg.cpu_quota)
+        planner = self._planner()
+        state = LiveState(cfg.model, self.model, hw, device, self.info, planner.base_error)
+        session = LiveSession(self.runner, self.client, state, planner, probe_interval_s=cfg.probe_interval_s)
+        session.start()
+        return session
+
+    def frame(self, image, label) -> tuple[FrameResult, dict]:
+        """(FrameResult, extra JSON fields) for one image."""
+        if self.session is None:
+            return self.runner.run(self.scheme, image, label, lossless=self.cfg.lossless), {}
+        f = self.session.process(image, label)
+        return f.result, {"planned": f.planned, "bandwidth_mbps": f.bandwidth_mbps,
+                          "link_rtt_s": f.rtt_s, "replanned": f.replanned}
+
+    def close(self) -> None:
+        if self.session is not None:
+            if self.cfg.profile_out:
+                self.session.state.write_profile(self.cfg.profile_out)
+            self.session.close()
+        if self.client is not None:
+            self.client.close()
+        if self.quota is not None:
+            self.quota.release()

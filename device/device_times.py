@@ -1,0 +1,116 @@
+"""The device's own compute, measured where it runs: head seconds per partition and the
+encoder's seconds per value, as a sustained stream sees them, cached per model, weights,
+machine, input size and CPU quota."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import codec
+from common.timing import median_seconds
+from planner.models import SplitCNN
+
+log = logging.getLogger(__name__)
+
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "opt-coinfer" / "profiles"
+
+
+@dataclass(frozen=True)
+class DeviceTimes:
+    head_s: tuple[float, ...]    # mean seconds from uint8 image to the cut at each P (sustained)
+    full_model_s: float          # mean seconds for the whole network (sustained)
+    repeats: int
+    cpu_quota: float | None      # fraction of one CPU the process was confined to
+    encode_s_per_value: float = 0.0   # quantize + pack + zstd seconds per feature-map value
+
+
+DEVICE_TIMES_METHOD = "sustained-mean/2"   # part of the cache key: a new method re-measures
+ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
+
+
+def measure_encode_s_per_value(maps: list[tuple[int, np.ndarray]], repeats: int = 3) -> float:
+    """Median seconds to encode one value (all channels, ENCODE_BITS bits) of each cut's
+    feature map in `maps` [(P, (C, H, W) array)], weighted by size: sum of seconds / sum of
+    values.  Before the device has sent a frame, this prices the encode of any P:C:B."""
+    seconds = sum(median_seconds(lambda: codec.encode_feature_map(fm, p, None, ENCODE_BITS), repeats, warmup=0)
+                  for p, fm in maps)
+    values = sum(fm.size for _, fm in maps)
+    return seconds / values if values else 0.0
+
+
+@torch.inference_mode()
+def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 5,
+                         warmup: int = 1, cpu_quota: float | None = None, min_seconds: float = 1.0,
+                         max_repeats: int = 2000) -> DeviceTimes:
+    """Per-frame seconds of a sustained stream: passes back to back, at least `repeats` of
+    them and at least `min_seconds` in all (at most `max_repeats`); one pass gives the head
+    time of every cut, and each is the mean over the passes; then the encoder's seconds per
+    value.
+
+    The mean, not the median: under a CPU quota (CFS bandwidth control, 10 ms per 100 ms
+    at 0.1) a short pass runs at full speed while the period's budget lasts and the next
+    one waits for the period to end, so a 2 ms network shows 2 ms in most passes and
+    ~20 ms per frame on average: the device's cost per frame is the average.
+    """
+    ends = {p.feature_end: p.index for p in model.partitions}
+    image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    runs = []
+    started = None
+    r = 0
+    while True:
+        if r == warmup:
+            started = time.perf_counter()
+        marks = [0.0] * len(model.partitions)
+        maps = []                  # the cuts' feature maps: the encoder is timed on the last pass's
+        t0 = time.perf_counter()
+        x = model.preprocess(image)
+        for i, layer in enumerate(model.features):
+            x = layer(x)
+            if i + 1 in ends:
+                marks[ends[i + 1]] = time.perf_counter() - t0
+                maps.append((ends[i + 1], x[0]))
+        model.classifier(torch.flatten(model.avgpool(x), 1))
+        if r >= warmup:
+            runs.append((marks, time.perf_counter() - t0))
+            if len(runs) >= max_repeats or (
+                    len(runs) >= repeats and time.perf_counter() - started >= min_seconds):
+                break
+        r += 1
+    heads = tuple(statistics.fmean(m[p] for m, _ in runs) for p in range(len(model.partitions)))
+    return DeviceTimes(heads, statistics.fmean(t for _, t in runs), len(runs), cpu_quota,
+                       measure_encode_s_per_value([(p, fm.numpy()) for p, fm in maps]))
+
+
+def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
+                        cpu_quota: float | None, repeats: int = 5, refresh: bool = False) -> DeviceTimes:
+    """Measured once per model, weights, machine, input size and quota; then read back."""
+    key = json.dumps([DEVICE_TIMES_METHOD, model_key, list(input_hw), cpu_quota, platform.node(), platform.machine(),
+                      torch.__version__, torch.get_num_threads()])
+    path = CACHE_DIR / f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if path.is_file() and not refresh:
+        try:
+            d = json.loads(path.read_text())
+            return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"],
+                               float(d["encode_s_per_value"]))
+        except (ValueError, KeyError, TypeError):
+            log.warning("re-measuring: device-time cache %s is unreadable or from an older version", path)
+    times = measure_device_times(model, input_hw, repeats, cpu_quota=cpu_quota)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"key": key, "head_s": times.head_s, "full_model_s": times.full_model_s,
+                                    "repeats": times.repeats, "cpu_quota": times.cpu_quota,
+                                    "encode_s_per_value": times.encode_s_per_value}))
+    except OSError as e:
+        log.warning("cannot cache device times at %s: %s", path, e)
+    return times

@@ -1,0 +1,102 @@
+"""The live profile: what the device measured (its compute, the link, the zstd ratio and
+codec seconds of the frames it sent) and what the cloud reported (tail seconds), as a
+planner Profile in the project's format, which `coinfer-plan` reads too."""
+from __future__ import annotations
+
+import math
+import os
+import platform
+from dataclasses import dataclass, field
+
+from common import codec
+from device.device_times import DeviceTimes
+from device.link import LinkEstimator
+from planner.models import SplitCNN, partition_shapes
+from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
+from protos.coinfer.v1 import coinfer_pb2 as pb
+
+SIDE_BYTES_PER_CHANNEL = 8   # float32 offset + float32 scale per kept channel
+HEADER_BYTES = 48            # request id, model name, shape fields: measured order of magnitude
+
+
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
+@dataclass
+class ByteRatios:
+    """Per (partition, bits), from the frames actually sent: zstd bytes / packed bytes, and
+    the device's encode and the cloud's decode seconds; over all frames, those seconds per
+    value sent (C*H*W), which price any channel count."""
+
+    alpha: float = 0.2
+    ratios: dict[tuple[int, int], float] = field(default_factory=dict)
+    encode_s: dict[tuple[int, int], float] = field(default_factory=dict)
+    decode_s: dict[tuple[int, int], float] = field(default_factory=dict)
+    encode_s_per_value: float | None = None
+    decode_s_per_value: float | None = None
+    image_ratio: float | None = None   # cloud-only: compressed / raw image bytes
+
+    def observe(self, req: pb.InferRequest, encode_s: float | None = None, decode_s: float | None = None) -> None:
+        kind = req.WhichOneof("input")
+        if kind == "feature_map":
+            fm = req.feature_map
+            if fm.bits == 0:
+                return   # lossless reference frames are not a scheme
+            packed = codec.packed_bytes(fm.channels * fm.height * fm.width, fm.bits)
+            if packed == 0:
+                return
+            key = (fm.partition, fm.bits)
+            self.ratios[key] = _ewma(self.ratios.get(key), len(fm.payload) / packed, self.alpha)
+            for table, value in ((self.encode_s, encode_s), (self.decode_s, decode_s)):
+                if value is not None:
+                    table[key] = _ewma(table.get(key), value, self.alpha)
+            values = fm.channels * fm.height * fm.width
+            if encode_s is not None:
+                self.encode_s_per_value = _ewma(self.encode_s_per_value, encode_s / values, self.alpha)
+            if decode_s is not None:
+                self.decode_s_per_value = _ewma(self.decode_s_per_value, decode_s / values, self.alpha)
+        elif kind == "image":
+            raw = req.image.channels * req.image.height * req.image.width
+            self.image_ratio = _ewma(self.image_ratio, len(req.image.payload) / raw, self.alpha)
+
+
+@dataclass
+class LiveState:
+    model_name: str
+    model: SplitCNN
+    input_hw: tuple[int, int]
+    device: DeviceTimes
+    server: pb.ModelInfo | None          # the cloud's model info; None until it has answered
+    base_top1_error: float | None
+    link: LinkEstimator = field(default_factory=LinkEstimator)
+    bytes: ByteRatios = field(default_factory=ByteRatios)
+
+    def profile(self) -> Profile:
+        shapes = partition_shapes(self.model.spec, self.input_hw)
+        parts = tuple(
+            PartitionProfile(index=p.index, conv_channels=c, after_pooling=p.after_pooling, height=h, width=w,
+                             device_head_s=self.device.head_s[p.index],
+                             cloud_tail_s=self.server.partitions[p.index].cloud_tail_s)
+            for p, (c, h, w) in zip(self.model.partitions, shapes))
+        raw = self.model.spec.in_channels * self.input_hw[0] * self.input_hw[1]
+        upload = math.ceil(raw * (self.bytes.image_ratio or 1.0)) + HEADER_BYTES
+        b = self.bytes
+        codec = tuple(CodecProfile(p, bits, r, b.encode_s.get((p, bits), 0.0), b.decode_s.get((p, bits), 0.0))
+                      for (p, bits), r in sorted(b.ratios.items()))
+        return Profile(
+            model=self.model_name, dataset=self.model.spec.dataset, num_classes=self.model.num_classes,
+            base_top1_error=self.base_top1_error, input_shape=(self.model.spec.in_channels, *self.input_hw),
+            cloud_only_upload_bytes=upload, device_full_model_s=self.device.full_model_s,
+            cloud_full_model_s=self.server.cloud_full_model_s, partitions=parts,
+            device_hardware=f"{platform.node()} ({platform.machine()})"
+                            + (f", CPU quota {self.device.cpu_quota:g}" if self.device.cpu_quota else ""),
+            cloud_hardware="coinfer-cloud (server-info)", rtt_s=self.link.rtt_s, codec=codec,
+            side_bytes_per_channel=SIDE_BYTES_PER_CHANNEL, header_bytes=HEADER_BYTES,
+            encode_s_per_value=b.encode_s_per_value or self.device.encode_s_per_value,
+            decode_s_per_value=b.decode_s_per_value or 0.0,
+            measured={"bandwidth_mbps": self.link.bandwidth_mbps, "link_samples": self.link.samples,
+                      "device_repeats": self.device.repeats, "source": "coinfer-device live"})
+
+    def write_profile(self, path: str | os.PathLike) -> None:
+        save_profile(self.profile(), path)
