@@ -11,7 +11,7 @@ QUOTA ?= 0.1
 RATES ?= 0.5 1 2
 DEMO_RATE ?= 0.05
 
-.PHONY: all venv protos data test demo bench bench-link bench-load bench-netns clean
+.PHONY: all venv protos data test test-fast demo bench bench-link bench-load bench-netns clean
 
 all: test
 
@@ -37,6 +37,10 @@ data:
 
 test: $(STAMP) data
 	$(PY) -m pytest -q tests
+
+# the same suite without the tests marked slow (over ~10 s each: training, shaped links, ...)
+test-fast: $(STAMP) data
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP) data
 	$(PY) -m bench.demo --quota $(QUOTA) --rate-mbps $(DEMO_RATE)

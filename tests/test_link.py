@@ -41,7 +41,7 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not() is not None, reason=f"shaped links: {_why_not()}")]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif(_why_not() is not None, reason=f"shaped links: {_why_not()}")]
 
 
 QUOTA = 0.1          # device CPU fraction: fmnist-vgg takes ~25 ms a frame, as on a Pi-class CPU
