@@ -48,7 +48,7 @@ def netem_available() -> str:
         with ShapedLink(1.0, delay_ms=1.0):
             return "yes"
     except ShapingUnavailable as e:
-        return f"no ({str(e).splitlines()[0][:160]})"
+        return f"no, tc refused the netem qdisc ({str(e).rpartition('): ')[2].strip()[:200]})"
 
 
 def goodput_lines(rates: list[float], seconds: float, repeats: int) -> list[str]:
