@@ -11,7 +11,7 @@ QUOTA ?= 0.1
 RATES ?= 0.5 1 2
 DEMO_RATE ?= 0.05
 
-.PHONY: all venv protos data test demo bench bench-link bench-load clean
+.PHONY: all venv protos data test test-fast demo bench bench-link bench-load bench-netns clean
 
 all: test
 
@@ -38,8 +38,12 @@ data:
 test: $(STAMP) data
 	$(PY) -m pytest -q tests
 
+# the same suite without the tests marked slow (over ~10 s each: training, shaped links, ...)
+test-fast: $(STAMP) data
+	$(PY) -m pytest -q -m "not slow" tests
+
 demo: $(STAMP) data
-	$(PY) -m device.demo --quota $(QUOTA) --rate-mbps $(DEMO_RATE)
+	$(PY) -m bench.demo --quota $(QUOTA) --rate-mbps $(DEMO_RATE)
 
 bench: $(STAMP) data
 	$(PY) -m bench.runtime
@@ -50,6 +54,10 @@ bench-load: $(STAMP) data
 # root only: namespaces + tc for the links, a cgroup quota for the device
 bench-link: $(STAMP) data
 	$(PY) -m bench.link --quota $(QUOTA)
+
+# root only: TCP goodput over the shaped veth vs the tbf rate, and the CPU quota's slowdown
+bench-netns: $(STAMP) data
+	$(PY) -m bench.netns --quota $(QUOTA)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

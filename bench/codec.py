@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import platform
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ import numpy as np
 import torch
 import zstandard
 
+from bench.common import RunLoad, header
 from common import codec
 from common.codec import CodecConfig
 
@@ -44,17 +43,6 @@ class BenchConfig:
     images: int = 256               # Fashion-MNIST test images run through its head
     ratio_bits: tuple[int, ...] = (1, 2, 4, 8)
     codec: CodecConfig = CodecConfig()
-
-
-def machine() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _bits_label(bits: int | None) -> str:
@@ -137,9 +125,7 @@ def run(out_lines: list[str] | None = None, cfg: BenchConfig = BenchConfig()) ->
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        lines += ["## Feature-map codec", "",
-                  f"Machine: {machine()}; python {platform.python_version()}, numpy {np.__version__}, "
-                  f"torch {torch.__version__}, zstandard {zstandard.__version__}; one thread "
+        lines += [f"numpy {np.__version__}, torch {torch.__version__}, zstandard {zstandard.__version__}; one thread "
                   f"(torch.set_num_threads(1)); medians of {cfg.repeats} timed runs after {cfg.warmup} warm-up.",
                   "", *throughput_rows(cfg), ""]
         try:
@@ -162,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = BenchConfig(repeats=args.repeats, images=args.images, codec=CodecConfig(zstd_level=args.zstd_level))
     command = "python -m bench.codec" + ("" if argv is None and len(sys.argv) == 1 else " " + " ".join(
         sys.argv[1:] if argv is None else argv))
-    lines = run([], cfg)
-    lines[2:2] = [f"Command: `{command}`", ""]
+    load = RunLoad()
+    body = run([], cfg)
+    lines = header("Feature-map codec", command, load) + body
     text = "\n".join(lines) + "\n"
     print(text, end="")
     args.output.parent.mkdir(parents=True, exist_ok=True)

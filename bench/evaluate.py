@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import platform
 import shlex
 import sys
 import tempfile
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from bench.codec import machine
+from bench.common import load_average, machine
 from planner.accuracy_db import AccuracyDB
 from planner.evaluate import evaluate
 from planner.train import FINETUNE_CONFIG
@@ -50,6 +48,7 @@ def run(cfg: BenchConfig, out: Path | None = None, progress: bool = True) -> str
     the markdown so far is written to `out`, so an interrupted run still leaves its figures."""
     torch.set_num_threads(cfg.threads)
     by: dict[tuple[str, float], object] = {}
+    load_first = load_average()
     text = ""
     with tempfile.TemporaryDirectory(prefix="bench-evaluate-") as tmp, \
             AccuracyDB(Path(tmp) / "bench.sqlite") as db:
@@ -60,28 +59,36 @@ def run(cfg: BenchConfig, out: Path | None = None, progress: bool = True) -> str
                               finetune=dataclasses.replace(FINETUNE_CONFIG, threads=cfg.threads))
                 by[s, e] = ev
                 log.info("%s ft%g: error %.4f, %.1f s", s, e, ev.record.top1_error, ev.record.seconds)
-                text = render(cfg, by)
+                text = render(cfg, by, load_first)
                 if out is not None:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     out.write_text(text)
     return text
 
 
-def render(cfg: BenchConfig, by: dict) -> str:
+def recipe() -> str:
+    """The fine-tuning recipe, read from the config the evaluations use."""
+    ft = FINETUNE_CONFIG
+    aug = f"crop (pad {ft.pad}) + flip" if ft.augment else "no augmentation"
+    return (f"SGD (momentum {ft.momentum:g}, weight decay {ft.weight_decay:g}), lr {ft.lr:g} "
+            f"{'with ' + format(ft.warmup, 'g') + ' warm-up then ' if ft.warmup else ''}cosine, "
+            f"batch {ft.batch_size}, {aug}")
+
+
+def render(cfg: BenchConfig, by: dict, load_first: float) -> str:
     """Markdown of the evaluations done so far; cells not run yet say so."""
     first = next(iter(by.values()))
     base = first.base_error
     lines = [
         "# Scheme evaluation benchmark",
         "",
-        f"Machine: {machine()}, {os.cpu_count()} logical CPUs, shared with other jobs while measured "
-        f"(load average {os.getloadavg()[0]:.1f} at the last row), torch {torch.__version__} with "
-        f"{cfg.threads} thread(s), Python {platform.python_version()}.",
+        f"Machine: {machine()}; load average (1 min) {load_first:.1f} at the start, "
+        f"{load_average():.1f} at the last row; torch {torch.__version__} with {cfg.threads} thread(s).",
         "",
         f"Command: `{shlex.join(['python', '-m', 'bench.evaluate', *sys.argv[1:]])}`",
         "",
         f"Model {cfg.model}, fine-tune seed {cfg.seed}. One evaluation = build the pruned network, "
-        "fine-tune E epochs (SGD, lr 0.01 cosine, batch 128, crop+flip; 0.25 epoch = 118 steps), "
+        f"fine-tune E epochs ({recipe()}), "
         f"test on all {first.record.test_size} test images. Unmodified model: top-1 error {base:.4f}.",
         "",
         "## Seconds per evaluation",

@@ -26,6 +26,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import common
+from bench.linkbench.config import LinkBenchConfig
+from bench.linkbench.images import synthetic_images
+from bench.linkbench.markdown import markdown, rate_change_lines
+from bench.linkbench.measure import run_link_bench
+from bench.linkbench.rate_change import follow_rate_change
+from testbed import LinkUnavailable, require_net_admin
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
 SEED_FILES = ("latency_search.txt", "accuracy_search.txt")   # later file wins where both hold a scheme
@@ -99,54 +105,11 @@ def summary_lines(results: list[dict]) -> list[str]:
                               if res["median_rel_error_all_rates"] is not None) + "."]
     for res in results:
         if res["rate_change"]:
-            from device.bench_cli import rate_change_lines
             lines += ["", f"Rate change ({res['model']}): " + rate_change_lines(res["rate_change"])[0] + "."]
     return lines
 
 
-NOTES = """\
-### How to read this
-
-- Measured: `coinfer-device infer` in the device namespace (CPU quota applied after start-up,
-  before its head profiling), `coinfer-cloud serve` in the cloud namespace, only the
-  device->cloud direction shaped (tbf, bench/results/netns.md). Latency is end to end per image
-  on the device; "measured" is the mean over the images (the median is shown beside it).
-- Predicted: `planner.latency.LatencyModel.from_profile(profile, bandwidth)` where the profile is
-  the one the `auto` run wrote (`--profile-out`: head times of the quota'd device, cloud tails
-  from server info, its round trip, the zstd ratios it learned) and the bandwidth is the
-  device's own estimate at the end of that run. Bytes: where auto never sent a (P, B) (or an
-  image) the ratio is the one that scheme's own frames showed ("bytes from: this scheme's
-  frames"), i.e. what the device learns after one frame, so the error is the time model's.
-  Encode (quantize + pack + zstd, slow under a 0.1 CPU quota) is priced per value sent
-  (C*H*W): measured at start-up on every cut, then learned from the frames sent; decode per
-  value is learned from the cloud's answers.
-- Bandwidth: the Probe rpc at start-up, then passive samples from frames of 1500 bytes and
-  more; active probes run only when no sample came for 5 s, and never while a frame is on
-  the link (a probe queued behind an upload had inflated the base RTT, and with it every
-  later sample: the 3.07x estimate at 2 Mbps in the previous run of this table).
-- The CPU quota is CFS bandwidth control (10 ms of CPU per 100 ms period at 0.1): a job
-  shorter than the budget left in the period runs at full speed, a longer one waits for the
-  next periods. fmnist-vgg frames take ~2 ms of CPU, so most run unthrottled and one in
-  several waits ~90 ms: the median hides the quota, the mean shows it. So the device profiles
-  itself as a sustained stream (passes back to back for at least 1 s, mean per pass: ~23 ms
-  for fmnist-vgg at 0.1, ~1.6 ms unconfined), and "measured" is the mean. vgg16_bn (~0.4 s of
-  CPU) is throttled smoothly (~10x), to within a period (100 ms) per head: a shorter period
-  (10 ms) was tried and made both models noisier, not smoother (the kernel hands out quota in
-  5 ms slices).
-- Bandwidth estimate vs tc rate: tbf counts whole Ethernet frames, the device measures
-  application bytes, so the honest reference is the TCP goodput, rate x 1448/1514 ("estimate /
-  goodput"); gRPC/HTTP2 framing and the per-request round trip make short transfers look
-  slower still.
-- Timings are noisy: the machine has 2 cores shared with other long jobs (training, sweeps)
-  while this ran, and the cloud runs on the same CPUs as the device.
-- netem is not in this kernel (CONFIG_NET_SCH_NETEM unset): no added delay or loss was
-  measured; `ShapedLink(delay_ms=..)` raises ShapingUnavailable here.
-"""
-
-
 def main(argv: list[str] | None = None) -> int:
-    from bench.netns import LinkUnavailable, require_net_admin
-    from device import bench_cli
     p = argparse.ArgumentParser(prog="python -m bench.link", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=[m.model for m in MATRIX], action="append", help="run only these models")
     p.add_argument("--quota", type=float, default=0.1, help="device CPU fraction")
@@ -161,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     cmd = "python -m bench.link " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = common.RunLoad()
     work = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-"))
     out = work / "out" if args.no_write else OUT_DIR
     results = []
@@ -169,36 +133,37 @@ def main(argv: list[str] | None = None) -> int:
             if args.only and m.model not in args.only:
                 continue
             limit = max(2, round(m.limit * args.limit_scale))
-            cfg = bench_cli.LinkBenchConfig(
+            cfg = LinkBenchConfig(
                 model=m.model, rates_mbps=m.rates_mbps, quota=args.quota or None, schemes=m.schemes,
                 limit=limit, num_classes=m.num_classes)
             if m.model == "fmnist-vgg":
                 cfg = replace(cfg, db=fmnist_db(args.fmnist_db), weights=args.fmnist_weights)
             else:
                 hw = m.input_hw or (224, 224)
-                images = bench_cli.synthetic_images(work / "images", limit, hw, 3)
+                images = synthetic_images(work / "images", limit, hw, 3)
                 cfg = replace(cfg, db=str(seed_db(work / "seed.sqlite")), recipe="seed-import",
                               dataset_name=SEED_DATASET, images=tuple(images), synthetic_images=True,
                               input_size=m.input_hw)
-            res = bench_cli.run_link_bench(cfg, out, progress=lambda s: print(s, flush=True))
+            res = run_link_bench(cfg, out, progress=lambda s: print(s, flush=True))
             if m.rate_change:
                 print(f"{m.model}: rate change {m.rate_change[0]:g} -> {m.rate_change[1]:g} Mbps during auto "
                       f"({' '.join(m.rate_change_requirement) or 'default requirement'})", flush=True)
-                rc = bench_cli.follow_rate_change(replace(cfg, requirement=m.rate_change_requirement),
-                                                  *m.rate_change, progress=lambda s: print(s, flush=True))
+                rc = follow_rate_change(replace(cfg, requirement=m.rate_change_requirement),
+                                        *m.rate_change, progress=lambda s: print(s, flush=True))
                 res["rate_change"] = rc | {"requirement": list(m.rate_change_requirement)}
                 (out / f"{m.model}.json").write_text(json.dumps(res, indent=1))
+                (out / f"{m.model}.md").write_text("\n".join(markdown(res)) + "\n")
             results.append(res)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    lines = common.header("Live planning over shaped links (coinfer-bench link)", cmd)
+    lines = common.header("Live planning over shaped links (coinfer-bench link)", cmd, load)
     lines += [f"- device CPU quota: {args.quota:g} of one CPU; " + "; ".join(
         f"{r['model']}: {r['config']['limit']} images per scheme" for r in results), ""]
     lines += summary_lines(results) + [""]
     for res in results:
-        md = bench_cli.markdown(res)
+        md = markdown(res)
         lines += [line.replace("](", "](link/") if line.startswith("![") else line for line in md]
-    lines += [NOTES]
+    lines += [common.notes_line("link")]
     if args.no_write:
         print("\n".join(lines))
     else:

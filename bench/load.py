@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.common import header, write
+from bench.common import RunLoad, header, write
 from cloud.daemon import CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup-s", type=float, default=5.0)
     ap.add_argument("--scheme", default="3:16:4")
     args = ap.parse_args(argv)
+    load = RunLoad()
     torch.set_num_threads(1)
     model = build_model("fmnist-vgg")
     runner = DeviceRunner(model, "fmnist-vgg", None)
@@ -93,9 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     done = int(sum(counts1) - sum(counts0))
     growth = (rss_end - rss_warm) / rss_warm
     lines = header(f"Load: {args.clients} streaming clients, one cloud daemon, loopback",
-                   f"make bench-load  (python -m bench.load --clients {args.clients} --seconds {args.seconds:g})")
+                   f"make bench-load  (python -m bench.load --clients {args.clients} --seconds {args.seconds:g})",
+                   load)
     lines += [f"Scheme {args.scheme} on fmnist-vgg, one frame in flight per client, {args.warmup_s:g} s warm-up, "
-              f"{elapsed:.1f} s measured; clients and server share the machine's cores.", "",
+              f"{elapsed:.1f} s measured; clients and server on this one machine.", "",
               "| clients | frames | throughput (frames/s) | p50 latency (ms) | p99 latency (ms) | errors | server RSS after warm-up (MiB) | at end (MiB) | growth |",
               "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
               f"| {args.clients} | {done} | {done / elapsed:.1f} | {np.percentile(measured, 50) * 1e3:.2f} | "

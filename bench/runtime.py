@@ -13,7 +13,7 @@ import time
 import numpy as np
 import torch
 
-from bench.common import header, write
+from bench.common import RunLoad, header, write
 from cloud.daemon import CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
@@ -89,7 +89,9 @@ def overhead_rows() -> list[str]:
 
 
 def main() -> int:
-    lines = header("Runtime: per-request overhead on loopback", "make bench") + overhead_rows()
+    load = RunLoad()
+    rows = overhead_rows()
+    lines = header("Runtime: per-request overhead on loopback", "make bench  (python -m bench.runtime)", load) + rows
     write("runtime", lines)
     try:
         from bench import codec as codec_bench

@@ -15,6 +15,10 @@ same float32 arithmetic, so train and wire agree bit for bit):
 Everything is vectorised with numpy. Decoding validates every field against the expected
 partition shape and raises `CodecError` naming the offending proto field; decompression
 never produces (or allocates) more than the expected size plus one byte.
+
+This module is long because it is the whole wire codec in one place, read as one unit: the
+quantizer, the bit packers for every width, zstd framing with its bounds, and the validation
+of every field on the way in.
 """
 from __future__ import annotations
 

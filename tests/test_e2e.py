@@ -195,6 +195,7 @@ def test_malformed_request_gets_its_status_and_server_keeps_serving(client, mode
     assert len(resp.logits) == 10
 
 
+@pytest.mark.slow
 def test_oversize_message_is_resource_exhausted():
     cloud = CloudProcess("--model", "fmnist-vgg", "--profile-repeats", "0", "--max-message-bytes", "20000")
     try:

@@ -2,7 +2,7 @@
 
 The device runs in one network namespace under a 0.1 CPU quota (a Raspberry-Pi-class
 device), the cloud in another, the device->cloud direction shaped by tbf
-(bench.netns.ShapedLink).  Accuracy rows are the shipped database's (`ft0-`: the unmodified
+(testbed.ShapedLink).  Accuracy rows are the shipped database's (`ft0-`: the unmodified
 fmnist-vgg, which both sides run).  Namespaces are prefixed coinfer-test so they never
 collide with a benchmark running beside them.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.netns import LinkUnavailable, ShapedLink, TbfShape, require_net_admin
+from testbed import LinkUnavailable, ShapedLink, TbfShape, require_net_admin
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "coinfer-test"
@@ -41,7 +41,7 @@ def _why_not() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.root, pytest.mark.skipif(_why_not() is not None, reason=f"shaped links: {_why_not()}")]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.skipif(_why_not() is not None, reason=f"shaped links: {_why_not()}")]
 
 
 QUOTA = 0.1          # device CPU fraction: fmnist-vgg takes ~25 ms a frame, as on a Pi-class CPU
@@ -100,7 +100,8 @@ def test_bandwidth_estimate_within_15_percent_of_goodput(rate_mbps, shipped_db):
 def test_rate_change_switches_scheme_without_losing_frames(shipped_db):
     """`coinfer-device run --loop --scheme auto` at 0.05 Mbps, tc to 2 Mbps mid-run: the plan
     changes from device-only to sending frames to the cloud, every frame once, in order."""
-    from device.bench_cli import LinkBenchConfig, follow_rate_change
+    from bench.linkbench.config import LinkBenchConfig
+    from bench.linkbench.rate_change import follow_rate_change
     cfg = LinkBenchConfig(model=MODEL, quota=QUOTA, db=shipped_db, recipe="ft0-",
                           requirement=("--max-accuracy-loss", LOSS))
     # a 1 s active probe period so the test is short; the bench uses the device's default (5 s)

@@ -115,6 +115,7 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     assert gp.scheme == fast.scheme
 
 
+@pytest.mark.slow
 def test_device_auto_plans_live_and_writes_its_profile(fmnist_cloud, live_db, tmp_path):
     prof = tmp_path / "live-profile.json"
     out = subprocess.run(
@@ -133,6 +134,7 @@ def test_device_auto_plans_live_and_writes_its_profile(fmnist_cloud, live_db, tm
     assert p.measured["bandwidth_mbps"] == pytest.approx(summary["bandwidth_mbps"])
 
 
+@pytest.mark.slow
 def test_auto_without_runnable_rows_names_the_fix(fmnist_cloud, tmp_path):
     empty = tmp_path / "empty.sqlite"
     AccuracyDB(empty).close()
@@ -154,6 +156,7 @@ def test_device_run_daemon_streams_until_limit(fmnist_cloud, live_db):
     assert all("bandwidth_mbps" in f and "scheme" in f and "top1" in f for f in lines[:-1])
 
 
+@pytest.mark.slow
 def test_daemon_starts_without_its_cloud_and_plans_once_it_appears(live_db, tmp_path):
     """Auto with the cloud down at start: frames fall back to device-only, then follow a plan."""
     import socket

@@ -1,4 +1,4 @@
-"""bench.netns: tbf arithmetic (anyone), and real namespaces, shaping and tear-down (root with
+"""testbed: tbf arithmetic (anyone), and real namespaces, shaping and tear-down (root with
 CAP_NET_ADMIN only).  Every namespace here is named coinfer-test-..., so these tests never
 touch a benchmark that runs beside them with the default prefix."""
 from __future__ import annotations
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import netns
-from bench.netns import (NetAdminUnavailable, ShapedLink, ShapingUnavailable, TbfShape,
-                         cleanup_stale, measure_transfer, require_net_admin)
+from testbed import namespaces, tbf
+from testbed import (NetAdminUnavailable, ShapedLink, ShapingUnavailable, TbfShape, cleanup_stale,
+                     require_net_admin)
+from testbed.goodput import measure_transfer
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = "coinfer-test"
@@ -24,12 +25,12 @@ PREFIX = "coinfer-test"
 @pytest.mark.parametrize("rate_mbps", [0.05, 0.5, 1.0, 2.0, 20.0])
 def test_tbf_parameters(rate_mbps):
     s = TbfShape(rate_mbps)
-    assert s.burst_bytes >= netns.FRAME_BYTES                       # one whole frame fits
-    assert s.burst_bytes >= s.rate_bytes_per_s / netns.TIMER_HZ_FLOOR
-    assert s.burst_bytes <= max(netns.MIN_BURST_BYTES, s.rate_bytes_per_s / 50)  # small
+    assert s.burst_bytes >= tbf.FRAME_BYTES                       # one whole frame fits
+    assert s.burst_bytes >= s.rate_bytes_per_s / tbf.TIMER_HZ_FLOOR
+    assert s.burst_bytes <= max(tbf.MIN_BURST_BYTES, s.rate_bytes_per_s / 50)  # small
     queue = s.rate_bytes_per_s * s.latency_ms / 1e3 + s.burst_bytes
-    assert queue >= max(8 * netns.FRAME_BYTES, 2 * s.rate_bytes_per_s)   # two seconds
-    assert queue <= max(8 * netns.FRAME_BYTES, 2 * s.rate_bytes_per_s) + s.rate_bytes_per_s / 100
+    assert queue >= max(8 * tbf.FRAME_BYTES, 2 * s.rate_bytes_per_s)   # two seconds
+    assert queue <= max(8 * tbf.FRAME_BYTES, 2 * s.rate_bytes_per_s) + s.rate_bytes_per_s / 100
     args = s.tbf_args()
     assert args[:3] == ["tbf", "rate", f"{round(rate_mbps * 1e6)}bit"]
     assert not s.uses_netem
@@ -45,8 +46,8 @@ def test_shape_validation():
 
 
 def test_without_cap_net_admin_says_so(monkeypatch):
-    monkeypatch.setattr(netns.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
-    monkeypatch.setattr(netns, "_has_cap_net_admin", lambda: False)
+    monkeypatch.setattr(namespaces.shutil, "which", lambda tool: f"/usr/sbin/{tool}")
+    monkeypatch.setattr(namespaces, "_has_cap_net_admin", lambda: False)
     with pytest.raises(NetAdminUnavailable, match="root or CAP_NET_ADMIN"):
         require_net_admin()
 
@@ -66,7 +67,7 @@ needs_net_admin = pytest.mark.skipif(_REASON is not None, reason=str(_REASON))
 
 def _snapshot() -> tuple[list[str], list[str]]:
     """Our namespaces, and every link of this (the caller's) namespace."""
-    ns = sorted(n for n in netns._list_netns() if n.startswith(PREFIX))
+    ns = sorted(n for n in namespaces.list_netns() if n.startswith(PREFIX))
     out = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
                          check=True).stdout
     links = sorted(line.split(":")[1].strip() for line in out.splitlines())
@@ -78,7 +79,7 @@ def _snapshot() -> tuple[list[str], list[str]]:
 def test_setup_and_teardown_leave_nothing():
     before = _snapshot()
     with ShapedLink(1.0, prefix=PREFIX) as link:
-        assert {link.device_ns, link.cloud_ns} <= set(netns._list_netns())
+        assert {link.device_ns, link.cloud_ns} <= set(namespaces.list_netns())
         qdisc = subprocess.run(["tc", "-n", link.device_ns, "qdisc", "show", "dev", link.device_if],
                                capture_output=True, text=True, check=True).stdout
         assert "tbf" in qdisc and "rate 1Mbit" in qdisc
@@ -111,7 +112,7 @@ def test_signal_tears_down_and_still_terminates(signum):
     script = textwrap.dedent(f"""
         import signal, time
         signal.signal(signal.SIGINT, signal.default_int_handler)
-        from bench.netns import ShapedLink
+        from testbed import ShapedLink
         with ShapedLink(1.0, prefix={PREFIX!r}) as link:
             print(link.device_ns, flush=True)
             time.sleep(30)
@@ -120,7 +121,7 @@ def test_signal_tears_down_and_still_terminates(signum):
                              stderr=subprocess.DEVNULL, text=True)
     try:
         ns = child.stdout.readline().strip()
-        assert ns.startswith(PREFIX) and ns in netns._list_netns()
+        assert ns.startswith(PREFIX) and ns in namespaces.list_netns()
         child.send_signal(signum)
         # SIGTERM: default action after clean-up; SIGINT: KeyboardInterrupt, Python dies of it
         assert child.wait(timeout=15) == -signum
@@ -159,7 +160,7 @@ def test_cleanup_stale_removes_dead_owners_only():
             subprocess.run(["ip", "netns", "add", ns], check=True)
         removed = cleanup_stale(PREFIX)
         assert stale in removed and mine not in removed
-        assert stale not in netns._list_netns() and mine in netns._list_netns()
+        assert stale not in namespaces.list_netns() and mine in namespaces.list_netns()
     finally:
         for ns in (stale, mine):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)
@@ -189,7 +190,7 @@ def test_set_rate_mid_run_changes_the_measured_rate():
         link.set_rate(slow)
 
     with ShapedLink(fast, prefix=PREFIX) as link:
-        per_byte = netns.TCP_PAYLOAD_PER_FRAME / netns.FRAME_BYTES * 1e6 / 8
+        per_byte = tbf.TCP_PAYLOAD_PER_FRAME / tbf.FRAME_BYTES * 1e6 / 8
         nbytes = int(per_byte * (fast * switch_s + slow * 1.2))
         t = measure_transfer(link, nbytes, deadline_s=12, during=slow_down)
         assert link.shape.rate_mbps == slow

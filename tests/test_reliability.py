@@ -47,6 +47,7 @@ def health_status(channel) -> int:
     return health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5).status
 
 
+@pytest.mark.slow
 def test_sigterm_drains_in_flight_work_and_exits_zero():
     # vgg11_bn at 896x896 cloud-only takes about 2 s even on an idle machine: long enough
     # to be in flight while the health check and the refused call happen
@@ -73,6 +74,7 @@ def test_sigterm_drains_in_flight_work_and_exits_zero():
         assert time.monotonic() - t0 < 30
 
 
+@pytest.mark.slow
 def test_cloud_killed_mid_stream_loses_and_duplicates_no_frame(images, runner_model):
     port = free_port()
     cloud = CloudProcess(*FAST, "--port", str(port))          # the later --port wins
@@ -121,12 +123,14 @@ def _device_summary(cloud: str, *args: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_device_survives_an_unresolvable_cloud():
     s = _device_summary("no-such-host.invalid:50051", "--scheme", "3:8:4", "--dataset", "fashion-mnist",
                         "--limit", "3", "--timeout-s", "3")
     assert s["fallbacks"] == 3 and s["scheme_counts"] == {"device-only": 3}
 
 
+@pytest.mark.slow
 def test_device_survives_a_cloud_slower_than_its_deadline(tmp_path):
     """vgg11_bn cloud-only (about 0.1 s on an idle machine) takes far longer than a 20 ms deadline: every frame falls
     back to device-only and the command still succeeds."""
@@ -148,6 +152,7 @@ def test_device_survives_a_cloud_slower_than_its_deadline(tmp_path):
         assert cloud.stop() == 0
 
 
+@pytest.mark.slow
 def test_memory_bound_answers_resource_exhausted(images, runner_model):
     # partition 5 (128x3x3) needs ~10 kB, partition 0 (32x28x28) ~230 kB
     cloud = CloudProcess(*FAST, "--max-inflight-bytes", "60000")
@@ -201,6 +206,7 @@ def test_fuzzed_requests_get_results_or_defined_statuses(fmnist_cloud):
     assert grpc.StatusCode.INVALID_ARGUMENT in seen and grpc.StatusCode.NOT_FOUND in seen
 
 
+@pytest.mark.slow
 def test_concurrency_bound_answers_resource_exhausted():
     """With one call allowed, a second call while a slow one runs is refused, not queued."""
     cloud = CloudProcess("--model", "vgg11_bn", "--input-size", "896", "--profile-repeats", "0",

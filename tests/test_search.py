@@ -204,6 +204,7 @@ def _cli(capsys, *argv):
     return rc, out, err
 
 
+@pytest.mark.slow
 def test_cli_search_json_and_infeasible_exit_3(capsys):
     prof, acc = seed_path(SEED_PROFILE), seed_path("accuracy_search.txt")
     rc, out, err = _cli(capsys, "search", "--profile", str(prof), "--db", str(acc), "--space", "db",
@@ -283,6 +284,7 @@ def _same(a, b):
     return (a.scheme, a.latency_s, a.top1_error) == (b.scheme, b.latency_s, b.top1_error)
 
 
+@pytest.mark.slow
 def test_seed_acceptance_exact_optimum(acceptance):
     for bw, kind, v, got, proof, ex in acceptance:
         assert _same(got, ex), (bw, kind, v, "default")
@@ -293,12 +295,14 @@ def test_seed_acceptance_exact_optimum(acceptance):
     assert str(r.scheme) == "0:1:5" and r.latency_s == pytest.approx(0.62266)
 
 
+@pytest.mark.slow
 def test_seed_acceptance_evaluations_issue_target(acceptance):
     """Issue 4: median <= 20 look-ups, none above 40 (the default, GP-stopped search)."""
     evals = [got.evaluations for _, _, _, got, _, _ in acceptance]
     assert statistics.median(evals) <= 20 and max(evals) <= 40, evals
 
 
+@pytest.mark.slow
 def test_gp_stop_saves_look_ups_over_the_proof(acceptance):
     """The GP rule stops before the proof at most settings and never costs more overall."""
     stopped = [(got, proof) for _, _, _, got, proof, _ in acceptance if not got.proven]
@@ -322,6 +326,7 @@ def test_gp_stop_waits_for_min_evaluations_and_confidence():
     assert lax.evaluated == default.evaluated[:lax.evaluations]
 
 
+@pytest.mark.slow
 def test_seed_acceptance_wall_time(acceptance):
     # 2 s is the target on an idle machine; the CI machine is shared, so allow slack here
     assert max(got.wall_s for _, _, _, got, _, _ in acceptance) <= 6.0

@@ -34,18 +34,21 @@ def token_cloud(tmp_path_factory):
     assert cloud.stop() == 0
 
 
+@pytest.mark.slow
 def test_missing_token_is_unauthenticated_and_nonzero(token_cloud):
     cloud, _ = token_cloud
     out = device_infer(cloud.address)
     assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_wrong_token_is_unauthenticated_and_nonzero(token_cloud):
     cloud, d = token_cloud
     out = device_infer(cloud.address, "--token-file", str(d / "wrong"))
     assert out.returncode != 0 and "UNAUTHENTICATED" in out.stderr, out.stderr
 
 
+@pytest.mark.slow
 def test_right_token_works(token_cloud):
     cloud, d = token_cloud
     out = device_infer(cloud.address, "--token-file", str(d / "token"))
@@ -53,6 +56,7 @@ def test_right_token_works(token_cloud):
     assert '"images": 3' in out.stdout.splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_refused_call_does_no_work(token_cloud):
     """A garbage frame without the token is refused as UNAUTHENTICATED, not decoded (which
     would give INVALID_ARGUMENT); streaming calls are refused the same way."""
@@ -75,6 +79,7 @@ def pki(tmp_path_factory):
     return ThrowawayPKI(tmp_path_factory.mktemp("pki"))
 
 
+@pytest.mark.slow
 def test_tls_server_certificate(pki):
     cert, key = pki.issue("server", server=True)
     cloud = CloudProcess(*FAST, "--tls-cert", str(cert), "--tls-key", str(key))
@@ -91,6 +96,7 @@ def test_tls_server_certificate(pki):
         assert cloud.stop() == 0
 
 
+@pytest.mark.slow
 def test_mutual_tls_requires_a_client_certificate(pki):
     cert, key = pki.issue("mserver", server=True)
     ccert, ckey = pki.issue("device-1", server=False)
@@ -124,6 +130,7 @@ def test_half_configured_tls_is_refused(kw, message):
         check_security(ServerConfig(**kw))
 
 
+@pytest.mark.slow
 def test_cloud_cli_rejects_a_bad_token_file(tmp_path):
     (tmp_path / "empty").write_text("\n")
     out = subprocess.run([sys.executable, "-m", "cloud", "serve", "--port", "0", *FAST,

@@ -71,6 +71,7 @@ def test_kept_channels_are_the_most_important(models):
         select_channels(model, 2, 65)
 
 
+@pytest.mark.slow
 def test_dataparallel_checkpoint_with_other_class_count_loads(tmp_path):
     src = build_model("vgg11_bn", num_classes=196, use_default_weights=False)
     path = tmp_path / "dp.pt"

@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 from cloud.daemon import CloudDaemon
+from device.cpu_quota import require_cpu_quota
+from testbed import ShapedLink, require_net_admin
 
 FIXED_SCHEMES = ("1:8:4", "3:16:2", "5:128:8")
 
@@ -21,8 +23,6 @@ FIXED_SCHEMES = ("1:8:4", "3:16:2", "5:128:8")
 def constraints_available() -> str | None:
     """None when a shaped link and a CPU quota can be made here, else why not."""
     try:
-        from bench.netns import require_net_admin
-        from device.cpu_quota import require_cpu_quota
         require_net_admin()
         require_cpu_quota()
     except Exception as e:  # noqa: BLE001 - any reason means: run unconstrained
@@ -40,7 +40,7 @@ def run_scheme(prefix: list[str], address: str, model: str, scheme: str, limit: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m device.demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.demo", description=__doc__)
     parser.add_argument("--model", default="fmnist-vgg")
     parser.add_argument("--limit", type=int, default=200, help="test images per scheme")
     parser.add_argument("--rate-mbps", type=float, default=0.05, help="shaped uplink rate (root only)")
@@ -53,7 +53,6 @@ def main(argv: list[str] | None = None) -> int:
     schemes = ["device-only", "cloud-only", *args.schemes, "auto"]
     with contextlib.ExitStack() as stack:
         if why_not is None:
-            from bench.netns import ShapedLink
             link = stack.enter_context(ShapedLink(args.rate_mbps))
             host, cloud_prefix, dev_prefix = link.cloud_addr, link.exec_prefix(link.cloud_ns), link.exec_prefix(link.device_ns)
             extra = ["--cpu-quota", str(args.quota)]

@@ -1,0 +1,88 @@
+"""Predicted against measured: the planner's latency model on the live profile, per scheme.
+
+Each scheme's prediction is `planner.latency.LatencyModel` on the profile the `auto` run wrote,
+at the bandwidth the device measured; for a (P, B) or an image ratio the auto run never sent,
+the ratio is the one that scheme's own frames showed (what the device learns from its first
+frame), and the row says so (`bytes_source`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from dataclasses import dataclass, field
+
+from common.codec import packed_bytes
+
+
+@dataclass(frozen=True)
+class SchemeRow:
+    scheme: str                  # as asked (auto: the live choice)
+    ran: str                     # the scheme most frames ran with
+    images: int
+    measured_p50_s: float        # median end to end on the device
+    measured_mean_s: float       # mean end to end: what the prediction is compared with
+    predicted_s: float | None    # LatencyModel on the live profile at the measured bandwidth
+    rel_error: float | None      # |pred - meas| / meas
+    wire_bytes_mean: float
+    predicted_bytes: int | None
+    bytes_source: str            # "live profile" | "this scheme's frames" | "-"
+    fallbacks: int
+    scheme_counts: dict = field(default_factory=dict)
+    head_s_mean: float = 0.0
+    encode_s_mean: float = 0.0
+    rtt_s_mean: float = 0.0
+    tail_s_mean: float = 0.0
+
+
+def learned_ratio(frames: list[dict], scheme, part, side_per_ch: int, header: int) -> float | None:
+    """zstd ratio of a split scheme as the device would learn it from these frames' bytes."""
+    packed = packed_bytes(scheme.channels * part.height * part.width, scheme.bits)
+    sent = [f["wire_bytes"] for f in frames if f.get("wire_bytes") and not f.get("fallback")]
+    if not sent or packed == 0:
+        return None
+    return max(1e-6, (statistics.fmean(sent) - scheme.channels * side_per_ch - header) / packed)
+
+
+def predict(profile, scheme_name: str, frames: list[dict], bandwidth_mbps: float,
+            image_ratio_learned: bool) -> tuple[float, int, str]:
+    """(seconds, bytes, where the byte ratio came from) for one scheme."""
+    from planner.latency import LatencyModel
+    from planner.profile import CodecProfile
+    from planner.scheme import Mode, Scheme
+    scheme = Scheme.parse(scheme_name)
+    source = "-"
+    if scheme.mode is Mode.CLOUD_ONLY:
+        source = "live profile"
+        sent = [f["wire_bytes"] for f in frames if f.get("wire_bytes") and not f.get("fallback")]
+        if not image_ratio_learned and sent:
+            profile = dataclasses.replace(profile, cloud_only_upload_bytes=round(statistics.fmean(sent)))
+            source = "this scheme's frames"
+    elif scheme.is_split:
+        source = "live profile"
+        if profile.codec_entry(scheme.partition, scheme.bits) is None:
+            r = learned_ratio(frames, scheme, profile.partition(scheme.partition),
+                              profile.side_bytes_per_channel, profile.header_bytes)
+            if r is not None:
+                profile = dataclasses.replace(
+                    profile, codec=(*profile.codec, CodecProfile(scheme.partition, scheme.bits, r)))
+                source = "this scheme's frames"
+            else:
+                source = "ratio 1 (no frames)"
+    lat = LatencyModel.from_profile(profile, bandwidth_mbps)
+    return lat.latency_s(scheme), lat.wire_bytes(scheme), source
+
+
+def row_of(scheme: str, frames: list[dict], summary: dict, profile, bandwidth_mbps: float | None,
+           image_ratio_learned: bool) -> SchemeRow:
+    ran = summary["scheme"]
+    pred = nbytes = None
+    source = "-"
+    if profile is not None and bandwidth_mbps:
+        pred, nbytes, source = predict(profile, ran, [f for f in frames if f["scheme"] == ran], bandwidth_mbps,
+                                       image_ratio_learned)
+    meas = summary["latency_s"]["mean"]   # a sustained stream's per-frame cost, as the profile measures it
+    return SchemeRow(scheme, ran, summary["images"], summary["latency_s"]["p50"], meas, pred,
+                     None if pred is None else abs(pred - meas) / meas, summary["wire_bytes_mean"], nbytes,
+                     source, summary["fallbacks"], summary["scheme_counts"], summary.get("head_s_mean", 0.0),
+                     summary.get("encode_s_mean", 0.0), summary.get("rtt_s_mean", 0.0),
+                     summary.get("tail_s_mean", 0.0))
