@@ -2,11 +2,10 @@
 
     python -m bench.link                      # as root; the whole matrix (~15 min here)
     python -m bench.link --only fmnist-vgg    # one model
-    python -m bench.link --fmnist-db FILE --fmnist-weights FILE   # before the shipped ones exist
 
-- fmnist-vgg at 0.05, 0.5, 1 and 2 Mbps on Fashion-MNIST test images, auto planned on the
-  model's `ft0-` accuracy rows (the shipped planner/db/fmnist-vgg.sqlite, or --fmnist-db),
-  plus a tc rate change 0.05 -> 2 Mbps during an auto run;
+- fmnist-vgg at 0.05, 0.5, 1 and 2 Mbps on Fashion-MNIST test images, auto planned over the
+  cloud's shipped bank of fine-tuned tails (docs/bank.md), plus a tc rate change
+  0.05 -> 2 Mbps during an auto run;
 - vgg16_bn at 224x224 at 0.5, 1 and 2 Mbps with random-initialised weights (196 classes, as
   the seed's Stanford Cars head): timing and bytes on generated images (no accuracy is
   claimed from them); auto planned on the seed's accuracy files, imported at run time into
@@ -72,19 +71,6 @@ def seed_db(path: Path) -> Path:
     return path
 
 
-def fmnist_db(explicit: str | None) -> str:
-    from device.live_planner import runnable_errors
-    from planner.evaluate import default_db_path
-    path = explicit or str(default_db_path("fmnist-vgg"))
-    try:
-        runnable_errors(path, "fmnist-vgg", "fashion-mnist", "ft0-")
-    except (ValueError, OSError) as e:
-        raise SystemExit(f"fmnist-vgg needs ft0- accuracy rows: {e}\n  build some with `python -m planner "
-                         "evaluate-grid --model fmnist-vgg --finetune-epochs 0 --db /tmp/x.sqlite --channels "
-                         "1,2,4,8,16,all --bits 1,2,4,8` and pass --fmnist-db /tmp/x.sqlite")
-    return path
-
-
 def summary_lines(results: list[dict]) -> list[str]:
     lines = ["### Summary", "",
              "| model | tc Mbps | device estimate Mbps | estimate / goodput | live choice | best single-end | "
@@ -113,7 +99,6 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.link", description=__doc__.split("\n")[0])
     p.add_argument("--only", choices=[m.model for m in MATRIX], action="append", help="run only these models")
     p.add_argument("--quota", type=float, default=0.1, help="device CPU fraction")
-    p.add_argument("--fmnist-db", help="fmnist-vgg accuracy DB with ft0- rows (default: the shipped one)")
     p.add_argument("--fmnist-weights", help="fmnist-vgg state dict for both sides (default: the shipped one)")
     p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every image count (min 2)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
@@ -137,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 model=m.model, rates_mbps=m.rates_mbps, quota=args.quota or None, schemes=m.schemes,
                 limit=limit, num_classes=m.num_classes)
             if m.model == "fmnist-vgg":
-                cfg = replace(cfg, db=fmnist_db(args.fmnist_db), weights=args.fmnist_weights)
+                cfg = replace(cfg, weights=args.fmnist_weights)   # auto plans over the cloud's shipped bank
             else:
                 hw = m.input_hw or (224, 224)
                 images = synthetic_images(work / "images", limit, hw, 3)

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="image files (default: Fashion-MNIST for fmnist-vgg, else generated timing images)")
     p.add_argument("--db", help="auto: accuracy database")
-    p.add_argument("--recipe", default="ft0-", help="auto: runnable DB rows (recipe prefix)")
+    p.add_argument("--recipe", default=None, help="auto: plan over --db rows of this recipe prefix instead of the "
+                                                   "cloud's bank")
     p.add_argument("--dataset-name", help="auto: dataset of the DB rows")
     req = p.add_mutually_exclusive_group()
     req.add_argument("--max-accuracy-loss", type=float, metavar="A")

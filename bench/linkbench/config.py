@@ -31,8 +31,8 @@ class LinkBenchConfig:
     input_size: tuple[int, int] | None = None           # (H, W); None: the model's
     weights: str | None = None                          # state dict for both sides (None: shipped)
     num_classes: int | None = None                      # classifier width (both sides)
-    db: str | None = None                               # auto: accuracy database
-    recipe: str = "ft0-"                                # auto: runnable DB rows
+    db: str | None = None                               # auto: plan over this database's rows (None: the cloud's bank)
+    recipe: str | None = None                           # auto: recipe prefix of those rows (None: the device's default)
     dataset_name: str | None = None                     # auto: dataset of the DB rows
     requirement: tuple[str, ...] = ()                   # auto: e.g. ("--max-accuracy-loss", "0.01")
     rate_change: tuple[float, float] | None = None      # (A, B) Mbps
@@ -72,7 +72,9 @@ def device_common(cfg: LinkBenchConfig, cloud: str, scheme: str) -> list[str]:
     if cfg.num_classes:
         argv += ["--num-classes", str(cfg.num_classes)]
     if scheme == AUTO:
-        argv += ["--recipe", cfg.recipe, *cfg.requirement]
+        argv += [*cfg.requirement]
+        if cfg.recipe:
+            argv += ["--recipe", cfg.recipe]
         if cfg.db:
             argv += ["--db", cfg.db]
         if cfg.dataset_name:
