@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="stop after N images")
     r.add_argument("--loop", action="store_true", help="--dataset: start over at the end")
     r.add_argument("--interval-s", type=float, default=0.0, help="pause between frames, seconds")
+    r.add_argument("--metrics-port", metavar="[HOST:]P", help="Prometheus /metrics on HOST (default 127.0.0.1):P")
     r.set_defaults(scheme="auto")
     return parser
 
@@ -154,6 +155,8 @@ class Device:
         self.client = CloudClient(ClientConfig(args.cloud, timeout_s=args.timeout_s, tls_ca=args.tls_ca,
                                                tls_cert=args.tls_cert, tls_key=args.tls_key,
                                                token_file=args.token_file)) if needs_cloud else None
+        if self.client is not None:
+            self.client.check_tls()      # a TLS failure is an error before any frame, not an outage
         self.runner = DeviceRunner(self.model, args.model, self.client, codec.CodecConfig(args.zstd_level),
                                    self.artifact)
         self.quota = None
@@ -251,6 +254,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     dev = Device(args)
     try:
+        if args.metrics_port:
+            from device.metrics import serve_device_metrics
+            serve_device_metrics(dev, args.metrics_port)
         spec = dev.model.spec
         hw = dev.session.state.input_hw if dev.session else spec.input_hw
         sources = {"dataset": lambda: dataset_stream(args.dataset, spec, hw, args.loop, stop),
