@@ -81,13 +81,12 @@ class CoInferServicer(pb_grpc.CoInferServicer):
     async def GetServerInfo(self, request, context):
         return await self._call(context, "GetServerInfo", lambda _: self.engine.server_info())
 
-    def _infer(self, request: pb.InferRequest, context, method: str):
-        caller = caller_of(context)
+    def _infer(self, request: pb.InferRequest, context, method: str, caller: str):
         return self._call(context, method, lambda left: self.engine.handle(request, request.ByteSize(), left, caller),
                           request.request_id, request.ByteSize())
 
     async def Infer(self, request, context):
-        return await self._infer(request, context, "Infer")
+        return await self._infer(request, context, "Infer", caller_of(context))
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.InferResponse]:
         """Frames are answered one at a time, in order; waiting for a frame holds no thread."""
@@ -97,17 +96,18 @@ class CoInferServicer(pb_grpc.CoInferServicer):
             self.metrics.observe("InferStream", status_for(e).name, 0.0)
             await self._refuse(context, "InferStream", "", e)
         try:
-            frames = request_iterator.__aiter__()
+            caller, frames = caller_of(context), request_iterator.__aiter__()
             while True:
                 try:
-                    request = await asyncio.wait_for(frames.__anext__(), self.stream_idle_s)
+                    async with asyncio.timeout(self.stream_idle_s):
+                        request = await frames.__anext__()
                 except StopAsyncIteration:
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     e = StreamIdleError(f"stream sent no frame for {self.stream_idle_s:g} s; open a new one")
                     self.metrics.observe("InferStream", status_for(e).name, 0.0)
                     await self._refuse(context, "InferStream", "", e)
-                yield await self._infer(request, context, "InferStream")
+                yield await self._infer(request, context, "InferStream", caller)
         finally:
             self.streams.release()
 
