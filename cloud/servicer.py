@@ -7,6 +7,7 @@ always answer. Every call and stream frame is counted, timed, and traced when re
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import AsyncIterator, Callable, TypeVar
@@ -21,6 +22,7 @@ from cloud.trace import RefusalTrace
 from protos.coinfer.v1 import coinfer_pb2 as pb
 from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
 
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
@@ -49,6 +51,8 @@ class CoInferServicer(pb_grpc.CoInferServicer):
 
     async def _refuse(self, context, method: str, request_id: str, exc: Exception) -> None:
         code = status_for(exc) or grpc.StatusCode.INTERNAL
+        if code == grpc.StatusCode.INTERNAL:
+            log.debug("internal error in %s", method, exc_info=exc)     # the traceback, with -v
         detail = detail_for(exc) if code != grpc.StatusCode.INTERNAL else f"internal error: {type(exc).__name__}"
         self.trace.record(code, context.peer() or "", method, request_id,
                           detail if code != grpc.StatusCode.INTERNAL else f"{type(exc).__name__}: {exc}")
