@@ -7,6 +7,7 @@ import sys
 
 from cloud.server import ServerConfig, serve
 from common.limits import MAX_MESSAGE_BYTES
+from common.logs import LogFormat, configure_logging
 from planner.models import model_names
 
 
@@ -38,9 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bank of fine-tuned tails to serve (repeatable; default: the model's shipped bank)")
     bank.add_argument("--no-bank", action="store_true", help="serve no bank, not even the shipped one")
     s.add_argument("--input-size", type=parse_hw, help="image size HxW (default: the model's)")
-    s.add_argument("--workers", type=int, default=8, help="RPC handler threads")
+    s.add_argument("--workers", type=int, default=8,
+                   help="threads running decode and tail (open streams and waiting calls hold none)")
     s.add_argument("--max-concurrent-rpcs", type=int, default=64,
-                   help="concurrent calls beyond this get RESOURCE_EXHAUSTED")
+                   help="calls and stream frames in progress beyond this get RESOURCE_EXHAUSTED")
+    s.add_argument("--max-streams", type=int, default=1024,
+                   help="open InferStreams beyond this get RESOURCE_EXHAUSTED")
+    s.add_argument("--stream-idle-s", type=float, default=300.0,
+                   help="end an InferStream that sent no frame for this long, seconds")
     s.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
     s.add_argument("--profile-repeats", type=int, default=3,
                    help="tail timing repeats per partition at start-up (0 skips)")
@@ -52,19 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     s.add_argument("--tls-client-ca", metavar="FILE", help="PEM CA for client certificates (mutual TLS)")
     s.add_argument("--token-file", metavar="FILE", help="file with the bearer token calls must carry")
+    s.add_argument("--metrics-port", type=int, metavar="P",
+                   help="serve Prometheus metrics at http://HOST:P/metrics (0 picks a free port)")
+    s.add_argument("--log-format", choices=[f.value for f in LogFormat], default="text",
+                   help="one line per event: text, or json for log shippers")
     s.add_argument("-v", "--verbose", action="store_true")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     cfg = ServerConfig(host=args.host, port=args.port, model=args.model, weights=args.weights,
                        num_classes=args.num_classes, artifacts=tuple(args.artifact),
                        banks=() if args.no_bank else (tuple(args.bank) if args.bank else None),
                        input_hw=args.input_size, max_workers=args.workers,
-                       max_concurrent_rpcs=args.max_concurrent_rpcs,
+                       max_concurrent_rpcs=args.max_concurrent_rpcs, max_streams=args.max_streams,
+                       stream_idle_s=args.stream_idle_s, metrics_port=args.metrics_port,
                        max_message_bytes=args.max_message_bytes,
                        profile_repeats=args.profile_repeats, grace_s=args.grace_s,
                        torch_threads=args.threads, max_inflight_bytes=args.max_inflight_bytes,

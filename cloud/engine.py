@@ -15,7 +15,7 @@ import torch
 
 from cloud.errors import (ArtifactMismatchError, BankRequestError, DeadlineExpiredError, MissingInputError,
                           UnknownPartitionError)
-from cloud.limits import AnswerCache, InflightBudget
+from cloud.limits import AnswerCache, InflightBudget, check_request, request_digest
 from common import codec
 from common.timing import median_seconds
 from planner.bank import LoadedBank
@@ -125,21 +125,31 @@ class Engine:
                  max_inflight_bytes: int = 1 << 30, answer_cache: int = 4096):
         self.models = {m.name: m for m in models}
         self.max_message_bytes = max_message_bytes
-        self.budget = InflightBudget(max_inflight_bytes)
-        self.answers = AnswerCache(answer_cache)
+        # the cache's bytes count in the memory bound; it may take an eighth of it
+        self.answers = AnswerCache(answer_cache, max_bytes=min(32 << 20, max_inflight_bytes // 8))
+        self.budget = InflightBudget(max_inflight_bytes, held=lambda: self.answers.nbytes)
 
     def handle(self, req: pb.InferRequest, received_bytes: int,
-               time_remaining_s: float | None = None) -> pb.InferResponse:
-        """Admission (memory bound, deadline), then `infer`; answers are idempotent by id."""
-        cached = self.answers.get(req.request_id)
+               time_remaining_s: float | None = None, caller: str = "") -> pb.InferResponse:
+        """Validation, then the answer cache (a hit needs the same request bytes from the same
+        `caller`), then admission (memory bound, deadline) and `infer`."""
+        check_request(req)
+        served = self.model(req.model)
+        key = (caller.encode(), req.request_id.encode(),
+               request_digest(req.SerializeToString(deterministic=True))) if req.request_id else None
+        cached = self.answers.get(key)
         if cached is not None:
             return cached
-        served = self.model(req.model)
         with self.budget.reserve(self.cost_bytes(served, req, received_bytes)):
             if time_remaining_s is not None and time_remaining_s <= 0:
                 raise DeadlineExpiredError("deadline passed before the request was started")
             response = self.infer(req, received_bytes)
-        self.answers.put(req.request_id, response)
+        if not np.isfinite(np.asarray(response.logits, dtype=np.float32)).all():
+            if req.WhichOneof("input") != "feature_map":
+                raise RuntimeError("the network produced non-finite logits from a valid image")
+            raise codec.CodecError("feature_map", "expected values the tail can carry, got a map "
+                                                  "whose logits overflow to NaN or Inf")
+        self.answers.put(key, response, response.ByteSize())
         return response
 
     @staticmethod

@@ -39,6 +39,18 @@ class DeadlineExpiredError(CloudError):
     """The caller's deadline passed before the work could start."""
 
 
+class InvalidFieldError(CloudError):
+    """A request field outside its documented bounds (e.g. an over-long request_id)."""
+
+
+class StreamIdleError(CloudError):
+    """An InferStream sent no frame for longer than the server's idle bound."""
+
+
+class UnauthenticatedError(CloudError):
+    """A call without a valid bearer token (raised by cloud.security, logged like any refusal)."""
+
+
 # exception class -> status code; the servicer consults only this table.
 STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     CodecError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -50,7 +62,13 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    InvalidFieldError: grpc.StatusCode.INVALID_ARGUMENT,
+    StreamIdleError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    UnauthenticatedError: grpc.StatusCode.UNAUTHENTICATED,
 }
+
+# Longest status detail sent back (and logged): messages may quote client strings.
+MAX_DETAIL_CHARS = 512
 
 
 def status_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -59,3 +77,13 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
         if cls in STATUS_OF:
             return STATUS_OF[cls]
     return None
+
+
+def clip(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    """`text` cut to `limit` characters, saying how much was cut."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text) - limit} more characters)"
+
+
+def detail_for(exc: BaseException) -> str:
+    """The status detail of a known failure: its message, clipped."""
+    return clip(str(exc))

@@ -1,11 +1,11 @@
-"""Build, start and run the cloud daemon."""
+"""Build, start and run the cloud daemon (a grpc.aio server; the engine's work on a thread pool)."""
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import dataclasses
-import ipaddress
 import logging
 import signal
-import threading
 import time
 from concurrent import futures
 from dataclasses import dataclass
@@ -16,10 +16,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from cloud.engine import Engine, ServedModel
-from cloud.security import TokenInterceptor, server_credentials
-from common.credentials import SecurityConfigError, read_token
-from common.limits import MAX_MESSAGE_BYTES
+from cloud.security import TokenInterceptor, refusal_reporter, server_credentials
 from cloud.servicer import CoInferServicer
+from common.credentials import SecurityConfigError, is_loopback, read_token
+from common.limits import MAX_MESSAGE_BYTES
 from planner.bank import LoadedBank, load_bank, shipped_bank_dir
 from planner.models import build_model, default_weights_path, file_sha256
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -42,22 +42,54 @@ class ServerConfig:
     artifacts: tuple[str, ...] = ()      # fine-tuned scheme artifacts to serve
     banks: tuple[str, ...] | None = None  # bank directories to serve; None = the model's shipped bank, if any
     input_hw: tuple[int, int] | None = None  # image size (H, W); None = the model's default
-    max_workers: int = 8                 # RPC handler threads
-    max_concurrent_rpcs: int = 64        # beyond this, RESOURCE_EXHAUSTED
+    max_workers: int = 8                 # threads running decode + tail; waiting calls hold none
+    max_concurrent_rpcs: int = 64        # calls and stream frames in progress; beyond, RESOURCE_EXHAUSTED
+    max_streams: int = 1024              # open InferStreams; beyond, RESOURCE_EXHAUSTED
+    stream_idle_s: float = 300.0         # an InferStream without a frame this long ends (DEADLINE_EXCEEDED)
     max_message_bytes: int = MAX_MESSAGE_BYTES
     profile_repeats: int = 3             # tail timing repeats at start-up; 0 skips (reports 0)
     grace_s: float = 5.0                 # drain time on SIGTERM, seconds
     torch_threads: int | None = None     # intra-op threads for torch; None = torch default
-    max_inflight_bytes: int = 1 << 30    # memory reserved by calls in progress; beyond, RESOURCE_EXHAUSTED
+    max_inflight_bytes: int = 1 << 30    # memory reserved by calls in progress and the answer cache
     tls_cert: str | None = None          # PEM server certificate (chain); with tls_key enables TLS
     tls_key: str | None = None           # PEM private key of tls_cert
     tls_client_ca: str | None = None     # PEM CA that client certificates must chain to (mTLS)
     token_file: str | None = None        # file holding the bearer token every call must carry
+    metrics_port: int | None = None      # Prometheus /metrics on host:port; None = off, 0 = any free port
+    keepalive_time_s: float = 60.0       # ping a connection idle this long (calls or not), seconds
+    keepalive_timeout_s: float = 20.0    # close it when the ping is not answered within this, seconds
+    max_connection_idle_s: float = 300.0  # GOAWAY to a connection without calls for this long, seconds
+    max_connection_age_s: float = 3600.0  # GOAWAY to any connection this old, seconds (clients reconnect)
+    max_connection_age_grace_s: float = 300.0  # then calls still open get this long before they end
+
+
+# Calls beyond the bounds above that grpc itself refuses: health checks and refusals
+# must still get through when every stream and call slot is taken.
+RESERVED_RPCS = 64
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     return [("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes)]
+
+
+def server_options(cfg: ServerConfig) -> list[tuple[str, int]]:
+    """Message limits and connection management: keepalive pings find half-open connections
+    (a device that vanished), idle and aged connections are closed with GOAWAY, a peer that
+    never finishes its handshake is dropped. Devices ping at most every 20 s (device.client)."""
+    ms = lambda s: int(s * 1000)  # noqa: E731
+    return channel_options(cfg.max_message_bytes) + [
+        ("grpc.keepalive_time_ms", ms(cfg.keepalive_time_s)),
+        ("grpc.keepalive_timeout_ms", ms(cfg.keepalive_timeout_s)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),   # accept client pings every 10 s
+        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.max_connection_idle_ms", ms(cfg.max_connection_idle_s)),
+        ("grpc.max_connection_age_ms", ms(cfg.max_connection_age_s)),
+        ("grpc.max_connection_age_grace_ms", ms(cfg.max_connection_age_grace_s)),
+        ("grpc.server_handshake_timeout_ms", 20_000),
+    ]
 
 
 def load_served_model(cfg: ServerConfig) -> ServedModel:
@@ -102,44 +134,55 @@ def load_banks(cfg: ServerConfig, served: ServedModel) -> LoadedBank | None:
 
 @dataclass
 class RunningServer:
-    server: grpc.Server
+    server: grpc.aio.Server
     port: int
     servicer: CoInferServicer
-    health: health.HealthServicer
+    health: health.aio.HealthServicer
+    pool: futures.ThreadPoolExecutor
+    metrics_port: int | None = None
+    metrics_httpd: object | None = None
 
-    def drain_and_stop(self, grace_s: float) -> None:
+    async def drain_and_stop(self, grace_s: float) -> None:
         """Health NOT_SERVING, new work UNAVAILABLE, in-flight calls finish, then stop."""
         t0 = time.monotonic()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.health.enter_graceful_shutdown()
         self.servicer.draining.set()
-        self.servicer.engine.budget.wait_idle(grace_s)
-        self.server.stop(max(0.0, grace_s - (time.monotonic() - t0))).wait()
+        await asyncio.to_thread(self.servicer.engine.budget.wait_idle, grace_s)
+        await self.server.stop(max(0.0, grace_s - (time.monotonic() - t0)))
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        if self.metrics_httpd is not None:
+            self.metrics_httpd.shutdown()
 
 
-def check_security(cfg: ServerConfig) -> None:
-    """Refuse half-configured TLS; warn when serving beyond loopback in the clear."""
+def validate_security(cfg: ServerConfig) -> None:
+    """Refuse half-configured TLS."""
     if bool(cfg.tls_cert) != bool(cfg.tls_key):
         raise SecurityConfigError("--tls-cert and --tls-key must be given together")
     if cfg.tls_client_ca and not cfg.tls_cert:
         raise SecurityConfigError("--tls-client-ca needs --tls-cert and --tls-key")
+
+
+def check_security(cfg: ServerConfig) -> None:
+    """Refuse half-configured TLS; warn (once per start) when serving beyond loopback in the clear."""
+    validate_security(cfg)
     if not cfg.tls_cert and not is_loopback(cfg.host):
         log.warning("serving on %s without TLS: feature maps, answers and any bearer token travel "
                     "in the clear and can be read or altered on the network; use --tls-cert/--tls-key",
                     cfg.host)
 
 
-def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
+async def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
+    """Build and start the server on the running event loop; the warning about plaintext is
+    given here, once."""
     check_security(cfg)
-    interceptors = [TokenInterceptor(read_token(cfg.token_file))] if cfg.token_file else []
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="coinfer-rpc"),
-        interceptors=interceptors,
-        options=channel_options(cfg.max_message_bytes),
-        maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
-    servicer = CoInferServicer(engine)
+    pool = futures.ThreadPoolExecutor(max_workers=cfg.max_workers, thread_name_prefix="coinfer-rpc")
+    servicer = CoInferServicer(engine, pool, cfg.max_concurrent_rpcs, cfg.max_streams, cfg.stream_idle_s)
+    interceptors = [TokenInterceptor(read_token(cfg.token_file), refusal_reporter(servicer.trace, servicer.metrics))
+                    ] if cfg.token_file else []
+    server = grpc.aio.server(interceptors=interceptors, options=server_options(cfg),
+                             maximum_concurrent_rpcs=cfg.max_streams + cfg.max_concurrent_rpcs + RESERVED_RPCS)
     pb_grpc.add_CoInferServicer_to_server(servicer, server)
-    health_servicer = health.HealthServicer()
+    health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -152,34 +195,47 @@ def start_server(cfg: ServerConfig, engine: Engine) -> RunningServer:
         port = server.add_insecure_port(address)
     if port == 0:
         raise OSError(f"cannot bind {cfg.host}:{cfg.port}")
-    server.start()
+    await server.start()
     for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, port, servicer, health_servicer)
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    running = RunningServer(server, port, servicer, health_servicer, pool)
+    if cfg.metrics_port is not None:
+        running.metrics_httpd, running.metrics_port = servicer.metrics.serve(cfg.host, cfg.metrics_port)
+    return running
 
 
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
+def return_large_buffers_to_the_os(threshold_bytes: int = 1 << 20) -> None:
+    """glibc raises its mmap threshold after each large free (up to 32 MiB), so buffers of
+    request size then stay in the heap after the request is gone: RSS ratchets up with every
+    large message. A fixed threshold keeps large buffers mmapped and returned when freed."""
+    M_MMAP_THRESHOLD = -3
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, threshold_bytes)
+    except (OSError, AttributeError):      # not glibc: nothing to tune
+        pass
 
 
 def serve(cfg: ServerConfig) -> int:
     """Load, serve until SIGTERM/SIGINT, drain, exit 0."""
+    return_large_buffers_to_the_os()
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
-    check_security(cfg)
+    validate_security(cfg)
     engine = Engine([load_served_model(cfg)], cfg.max_message_bytes, cfg.max_inflight_bytes)
-    running = start_server(cfg, engine)
-    stop = threading.Event()
+    return asyncio.run(_serve(cfg, engine))
+
+
+async def _serve(cfg: ServerConfig, engine: Engine) -> int:
+    running = await start_server(cfg, engine)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        loop.add_signal_handler(sig, stop.set)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     print(f"listening on {host}:{running.port}", flush=True)
-    stop.wait()
+    if running.metrics_port is not None:
+        log.info("metrics on http://%s:%d/metrics", host, running.metrics_port)
+    await stop.wait()
     log.info("signal received; draining for up to %.1f s", cfg.grace_s)
-    running.drain_and_stop(cfg.grace_s)
+    await running.drain_and_stop(cfg.grace_s)
     return 0

@@ -384,8 +384,14 @@ def _decompress_unknown_size(frame: bytes, expected: int, field_name: str) -> by
     except zstandard.ZstdError as e:
         first_error = e
     # Tell "too large" from "corrupt": stream at most `limit` bytes through a window no
-    # larger than the output may be (an oversize window is itself an error).
+    # larger than the output may be. A frame whose window exceeds that was made for more
+    # content than the field may hold: too large, refused without allocating the window.
     window = max(1 << 20, 1 << (limit - 1).bit_length())
+    declared_window = zstandard.get_frame_parameters(frame).window_size
+    if declared_window > window:
+        raise CodecError(field_name, f"expected {expected} bytes after decompression, got a frame "
+                                     f"of undeclared size too large for that (its window is "
+                                     f"{declared_window} bytes)")
     got = 0
     try:
         reader = zstandard.ZstdDecompressor(max_window_size=window).stream_reader(
@@ -536,6 +542,17 @@ def _validate_side(values: np.ndarray, c: int, name: str, nonneg: bool) -> np.nd
     return v
 
 
+def _check_range(offsets: np.ndarray, scales: np.ndarray, bits: int) -> None:
+    """The largest dequantized value, offset + (2**B - 1) * scale, must be finite in float32."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        top = offsets + np.float32((1 << bits) - 1) * scales      # (C,) float32
+    bad = np.flatnonzero(~np.isfinite(top))
+    if bad.size:
+        raise CodecError("feature_map.scales",
+                         f"expected offset + {(1 << bits) - 1} * scale finite in float32, got an "
+                         f"overflowing range in channel(s) {bad.tolist()[:8]}")
+
+
 def decode_feature_map(enc: EncodedFeatureMap, total_channels: int, height: int, width: int,
                        max_channels_kept: int | None = None, *,
                        artifact_indices: np.ndarray | None = None) -> np.ndarray:
@@ -551,6 +568,7 @@ def decode_feature_map(enc: EncodedFeatureMap, total_channels: int, height: int,
     if quantized:
         offsets = _validate_side(enc.offsets, c, "offsets", nonneg=False)
         scales = _validate_side(enc.scales, c, "scales", nonneg=True)
+        _check_range(offsets, scales, enc.bits)
     else:
         for name in ("offsets", "scales"):
             if len(getattr(enc, name)):

@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--limit", type=int, help="stop after N images")
     r.add_argument("--loop", action="store_true", help="--dataset: start over at the end")
     r.add_argument("--interval-s", type=float, default=0.0, help="pause between frames, seconds")
+    r.add_argument("--metrics-port", metavar="[HOST:]P", help="Prometheus /metrics on HOST (default 127.0.0.1):P")
     r.set_defaults(scheme="auto")
     return parser
 
@@ -179,6 +180,9 @@ def run_daemon(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     dev = Device(config_of(args))
     try:
+        if args.metrics_port:
+            from device.metrics import serve_device_metrics
+            serve_device_metrics(dev, args.metrics_port)
         spec, hw = dev.model.spec, dev.input_hw
         sources = {"dataset": lambda: dataset_stream(args.dataset, spec, hw, args.loop, stop),
                    "watch": lambda: watch_images(args.watch, spec, hw, stop),

@@ -119,6 +119,7 @@ class Device:
             self.client = CloudClient(ClientConfig(cfg.cloud, timeout_s=cfg.timeout_s, tls_ca=cfg.tls_ca,
                                                    tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
                                                    token_file=cfg.token_file))
+            self.client.check_tls()      # a TLS failure is an error before any frame, not an outage
             self.info = fetch_model_info(self.client, cfg.model)     # None while the cloud is unreachable
             if cfg.tail is TailChoice.BANK and self.artifact is None:
                 check_bank_weights(self.info, weights_sha256(cfg, self.model.spec))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import socket
 import subprocess
 import sys
 
@@ -79,6 +80,13 @@ def pki(tmp_path_factory):
     return ThrowawayPKI(tmp_path_factory.mktemp("pki"))
 
 
+def refused_before_any_frame(out: subprocess.CompletedProcess, *words: str) -> None:
+    """A TLS problem is an error at start-up, not an outage: non-zero, named, no frame run."""
+    assert out.returncode != 0, out.stdout
+    assert "TLS" in out.stderr and all(w in out.stderr for w in words), out.stderr
+    assert out.stdout.strip() == "", out.stdout
+
+
 @pytest.mark.slow
 def test_tls_server_certificate(pki):
     cert, key = pki.issue("server", server=True)
@@ -88,10 +96,10 @@ def test_tls_server_certificate(pki):
         out = device_infer(address, "--tls-ca", str(pki.ca_path))
         assert out.returncode == 0, out.stderr
         plain = device_infer(address, "--timeout-s", "2")          # no TLS: cannot talk
-        assert '"fallbacks": 3' in plain.stdout, plain.stderr
+        refused_before_any_frame(plain, "speaks TLS", "--tls-ca")
         other = ThrowawayPKI(pki.dir, "other CA")                       # a CA that did not sign it
         wrong = device_infer(address, "--tls-ca", str(other.ca_path), "--timeout-s", "2")
-        assert '"fallbacks": 3' in wrong.stdout, wrong.stderr
+        refused_before_any_frame(wrong, "failed verification")
     finally:
         assert cloud.stop() == 0
 
@@ -106,9 +114,28 @@ def test_mutual_tls_requires_a_client_certificate(pki):
         ok = device_infer(address, "--tls-ca", str(pki.ca_path), "--tls-cert", str(ccert), "--tls-key", str(ckey))
         assert ok.returncode == 0 and '"fallbacks": 0' in ok.stdout, ok.stderr
         anonymous = device_infer(address, "--tls-ca", str(pki.ca_path), "--timeout-s", "2")
-        assert '"fallbacks": 3' in anonymous.stdout, anonymous.stderr
+        refused_before_any_frame(anonymous, "client certificate")
+        stranger = ThrowawayPKI(pki.dir, "stranger CA")           # a client cert the cloud does not trust
+        scert, skey = stranger.issue("device-x", server=False)
+        untrusted = device_infer(address, "--tls-ca", str(pki.ca_path), "--tls-cert", str(scert),
+                                 "--tls-key", str(skey), "--timeout-s", "2")
+        refused_before_any_frame(untrusted, "client certificate")
     finally:
         assert cloud.stop() == 0
+
+
+def test_tls_device_against_a_plaintext_cloud_is_refused(fmnist_cloud, pki):
+    out = device_infer(fmnist_cloud.address.replace("127.0.0.1", "localhost"), "--tls-ca", str(pki.ca_path),
+                       "--timeout-s", "2")
+    refused_before_any_frame(out, "does not speak TLS")
+
+
+def test_tls_device_with_the_cloud_down_still_fails_over(pki):
+    with socket.socket() as s:                        # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = device_infer(f"localhost:{port}", "--tls-ca", str(pki.ca_path), "--timeout-s", "2")
+    assert out.returncode == 0 and '"fallbacks": 3' in out.stdout, out.stderr
 
 
 def test_serving_beyond_loopback_without_tls_warns(caplog):

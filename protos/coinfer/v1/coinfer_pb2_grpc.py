@@ -77,7 +77,10 @@ class CoInferServicer:
 
     def InferStream(self, request_iterator, context):
         """Pipelined frames; every response carries its frame's request_id. Answers
-        may arrive in any order; a bad frame ends the stream with its status.
+        arrive in frame order; a bad frame ends the stream with its status. A
+        stream that sends no frame for the server's idle bound (--stream-idle-s,
+        default 300 s) ends with DEADLINE_EXCEEDED; open streams beyond the
+        server's bound (--max-streams) are refused with RESOURCE_EXHAUSTED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
