@@ -9,7 +9,6 @@ after it: its frame counters must agree with what the clients counted.
 from __future__ import annotations
 
 import argparse
-import os
 import queue
 import socket
 import urllib.request

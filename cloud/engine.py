@@ -199,9 +199,9 @@ class Engine:
         if kind == "feature_map":
             enc = codec.feature_map_from_proto(req.feature_map)
             p = enc.partition
+            net = self._network(served, req.artifact_sha256, enc)
             if req.artifact_sha256 and req.bank_scheme:
                 raise BankRequestError("bank_scheme: expected none with artifact_sha256 (an artifact has its own tail)")
-            net = self._network(served, req.artifact_sha256, enc)
             if p >= len(net.partitions):
                 raise UnknownPartitionError(
                     f"feature_map.partition: expected 0..{len(net.partitions) - 1} for "

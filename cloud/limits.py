@@ -150,7 +150,7 @@ MAX_NAME_CHARS = 128
 def check_request(req) -> None:
     """Bounds of a coinfer.v1.InferRequest's own strings and its input, before any look-up."""
     for name, limit in (("request_id", MAX_REQUEST_ID_CHARS), ("model", MAX_NAME_CHARS),
-                        ("artifact_sha256", MAX_NAME_CHARS)):
+                        ("artifact_sha256", MAX_NAME_CHARS), ("bank_scheme", MAX_NAME_CHARS)):
         n = len(getattr(req, name))
         if n > limit:
             raise InvalidFieldError(f"{name}: expected at most {limit} characters, got {n}")

@@ -41,7 +41,7 @@ class _StateCollector(Collector):
                                   labels=["model"])
         for name, served in e.models.items():
             loaded.add_metric([name], 1)
-            tails.add_metric([name], len(getattr(served, "artifacts", {}) or {}))
+            tails.add_metric([name], len(served.artifacts) + (len(served.bank) if served.bank is not None else 0))
         yield loaded
         yield tails
 
