@@ -7,6 +7,9 @@ daemon's resident memory is read before and after. The fuzz row mutates every fi
 real captured requests (seeded) and checks each answer against the engine run in this
 process: the server may answer OK only where the engine does, with the same logits.
 Writes bench/results/attack.md.
+
+This module is long because the matrix is one table of attacks, each a short function run
+against the same daemon; the fuzzing helpers live in bench.fuzz.
 """
 from __future__ import annotations
 
