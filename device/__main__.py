@@ -11,6 +11,7 @@ import threading
 
 import grpc
 
+from common.logs import LogFormat, configure_logging
 from device.app import Device, DeviceConfig, TailChoice
 from device.cpu_quota import QuotaUnavailable
 from device.inputs import (DATASETS, InputError, dataset_images, dataset_stream, file_images, stdin_images,
@@ -70,6 +71,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true",
                    help="one JSON line per image, then the summary as the last line")
     p.add_argument("--quiet", action="store_true", help="summary only")
+    p.add_argument("--log-format", choices=[f.value for f in LogFormat], default="text",
+                   help="log lines on stderr as text or one JSON object each (for log shippers)")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -199,8 +202,7 @@ def run_daemon(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return {"infer": run_infer, "run": run_daemon}[args.command](args)
     except grpc.RpcError as e:
