@@ -224,3 +224,31 @@ def test_device_cli_json_reports_the_tail(bank_cloud):
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout.strip().splitlines()[-1])
     assert summary["tail"] == "bank" and summary["scheme"] == "1:8:4" and summary["images"] == 5
+
+
+@pytest.mark.slow
+def test_shipped_bank_keeps_fixed_schemes_within_003_of_the_unmodified_network(model):
+    """The issue's acceptance: 1:8:4 and 3:16:2 on 2,000 test images through a real cloud serving
+    the shipped bank, unary and streamed, within 0.03 top-1 of the unmodified network."""
+    from planner.bank import shipped_bank_dir
+    if shipped_bank_dir(MODEL) is None:
+        pytest.skip("no shipped bank for fmnist-vgg (planner/banks/fmnist-vgg)")
+    x, y = load_fashion_mnist("test")
+    images, labels = x[:2000].numpy(), y[:2000].numpy()
+    cloud = CloudProcess("--model", MODEL, "--profile-repeats", "0")      # the shipped bank by default
+    try:
+        with CloudClient(ClientConfig(cloud.address, timeout_s=60)) as client:
+            runner = DeviceRunner(model, MODEL, client)
+            base = np.mean([runner.run(Scheme.parse("device-only"), img).top1 == t for img, t in zip(images, labels)])
+            for s in (Scheme.parse("1:8:4"), Scheme.parse("3:16:2")):
+                unary = [runner.run(s, img) for img in images]
+                assert {r.tail for r in unary} == {"bank"}
+                acc = np.mean([r.top1 == t for r, t in zip(unary, labels)])
+                reqs = [runner.prepare(s, img)[0] for img in images]
+                answers = list(client.infer_stream(reqs, timeout_s=600))
+                assert [a.request_id for a in answers] == [r.request_id for r in reqs]
+                streamed = np.mean([a.top1 == t for a, t in zip(answers, labels)])
+                assert streamed == acc
+                assert base - acc <= 0.03, (str(s), base, acc)
+    finally:
+        assert cloud.stop() == 0
