@@ -3,7 +3,8 @@ lowers their total most.
 
 A scheme's probability of beating the incumbent is the GP's probability that its error is
 under the target, times the probability that it falls that far below its monotonicity bound
-(a normal violation with sd `SearchConfig.violation_sd`; 1 with no bound). The search stops
+(a normal violation with sd `SearchConfig.violation_sd`; 1 with no bound): the product treats
+the two as independent evidence, which they are not quite (the GP has seen the bounding scheme). The search stops
 when these sum (a union bound) below 1 - confidence. The acquisition is the expected fall
 of that sum in one look-up: the scheme's own probability, then either (it misses) its
 error raises the bounds of the schemes it dominates, or (it beats) the incumbent moves and
@@ -73,8 +74,7 @@ def belief(prob: Problem, st: Standing, inc: Incumbent, idx: np.ndarray, config:
     return Belief(idx, log_mu, log_sd, target, p_gp, p)
 
 
-def expected_reduction(prob: Problem, st: Standing, inc: Incumbent, b: Belief, grid: Grid,
-                       config: SearchConfig) -> np.ndarray:
+def expected_reduction(prob: Problem, st: Standing, b: Belief, grid: Grid, config: SearchConfig) -> np.ndarray:
     """Per open candidate: the expected fall of sum(b.p) when it is looked up."""
     lat = prob.cands.latency_s[b.idx]
     lower = st.lower[b.idx]

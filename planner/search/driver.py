@@ -97,7 +97,7 @@ def _gp_stop(prob: Problem, config: SearchConfig) -> Chooser:
         run.miss_probability = float(b.p.sum())
         if len(run.order) >= config.min_evaluations and run.miss_probability < 1.0 - config.confidence:
             return Stop.CONFIDENCE
-        score = expected_reduction(prob, st, run.incumbent, b, run.grid, config)
+        score = expected_reduction(prob, st, b, run.grid, config)
         # best score, then faster, then a seeded order (the only use of --seed here)
         return int(o[np.lexsort((tiebreak[o], prob.cands.latency_s[o], -score))[0]])
     return choose
