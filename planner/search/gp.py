@@ -1,4 +1,11 @@
-"""The Gaussian process over (P, C, B) that the Bayesian search believes about errors."""
+"""The Gaussian process over (P, C, B) that the Bayesian search believes about errors.
+
+log(error) under Constant x Matern(nu=0.5) + White, anisotropic length scales refitted at 2, 4,
+8, ... look-ups. nu=0.5 because recorded errors are rough: neighbouring schemes differ in both
+directions (bench/results/search.md counts the inverted pairs); smoother kernels are
+overconfident there. Bits enter as the quantisation step 2^(1-B), which the error follows
+(it halves per bit and saturates), not linearly. The prior is optimistic (see GP.predict).
+"""
 from __future__ import annotations
 
 import math
