@@ -10,7 +10,7 @@ from planner.accuracy_db import AccuracyDB, AccuracyDBError, is_seed_text, load_
 from planner.latency import LatencyModel, LatencyModelError
 from planner.profile import ProfileError, load_profile
 from planner.search import (DBEvaluator, FullSpaceEvaluator, Requirement, SearchConfig, SearchError,
-                            SearchResult, Space, Strategy, build_candidates, search)
+                            SearchResult, Space, Stop, Strategy, build_candidates, search)
 
 EXIT_INFEASIBLE = 3   # no scheme meets the requirement (contract)
 EXIT_BAD_INPUT = 2    # a file or argument that cannot be used
@@ -30,11 +30,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="GP / random-search seed (default 0)")
     p.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.BAYES.value,
                    help="bayes (default), or the exhaustive / random baselines")
-    p.add_argument("--noise-margin", type=float, default=SearchConfig.noise_margin, metavar="E",
-                   help="error slack in the monotonicity bounds (default %(default)s; 0: strict)")
     p.add_argument("--prove", action="store_true",
-                   help="stop only when the bounds prove no candidate can beat the result (exact under "
-                        "monotonicity, more evaluations); default: stop on the GP's confidence")
+                   help="stop only when every scheme that could beat the result was evaluated: exact on "
+                        "any database (the bounds close nothing; latency mode looks up every scheme "
+                        "within the latency bound); default: stop on the GP's confidence")
+    p.add_argument("--noise-margin", type=float, default=SearchConfig.noise_margin, metavar="E",
+                   help="without --prove: the bounds close a scheme slower than the incumbent when it "
+                        "could beat it only with an error more than E below an evaluated scheme that "
+                        "dominates it (default %(default)s)")
+    p.add_argument("--violation-sd", type=float, default=SearchConfig.violation_sd, metavar="S",
+                   help="without --prove: sd of how far an error may fall below such a bound; weighs "
+                        "the faster schemes, which are never closed (default %(default)s)")
     p.add_argument("--confidence", type=float, default=SearchConfig.confidence, metavar="Q",
                    help="without --prove: stop once the GP gives the open candidates together a "
                         "probability below 1-Q of beating the result (default %(default)s)")
@@ -110,7 +116,11 @@ def run_search(args: argparse.Namespace) -> int:
             evaluator = DBEvaluator(view.errors, view.base_error)
         if not 0.0 < args.confidence < 1.0:
             raise SearchError(f"expected --confidence in (0, 1), got {args.confidence}")
+        if args.noise_margin < 0 or args.violation_sd < 0:
+            raise SearchError(f"expected --noise-margin and --violation-sd >= 0, got "
+                              f"{args.noise_margin} and {args.violation_sd}")
         config = SearchConfig(seed=args.seed, noise_margin=args.noise_margin, prove=args.prove,
+                              violation_sd=args.violation_sd,
                               confidence=args.confidence, max_evaluations=args.max_evaluations,
                               progress=space is Space.FULL and sys.stderr.isatty())
         result = search(lat, cands, req, evaluator, config, Strategy(args.strategy))
@@ -136,18 +146,26 @@ def format_result(r: SearchResult) -> str:
         ("accuracy loss", f"{r.accuracy_loss:+.4f}" if r.accuracy_loss is not None else "-"),
         ("single-end", ", ".join(f"{k} {v:.4f} s" for k, v in r.single_end_s.items())
          + f" (best {r.best_single_end})"),
-        ("evaluations", f"{r.evaluations} of {r.candidates} candidates ({r.strategy.value}"
-         + (_stop_note(r) if r.strategy is Strategy.BAYES else ")")),
+        ("evaluations", f"{r.evaluations} of {r.candidates} candidates ({r.strategy.value}, "
+         + _STOP_NOTES[r.stop] + ")"),
+        ("proof", "proven optimal: nothing left that could beat it" if r.proven else
+         f"not proven: {r.unproven_candidates} schemes not evaluated could beat it"
+         + ("" if r.unproven_margin is None or r.unproven_margin <= 0 else
+            f" (only by falling {r.unproven_margin:.4f} below a monotonicity bound)")
+         + ("" if r.miss_probability is None else f"; GP probability <= {r.miss_probability:.3f}")),
         ("search time", f"{r.wall_s:.3f} s"),
     ]
     w = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def _stop_note(r: SearchResult) -> str:
-    return {"proof": ", proven optimal under monotonicity)",
-            "confidence": ", stopped on the GP's confidence; --prove for a guarantee)",
-            "budget": ", stopped at --max-evaluations: best found, not proven optimal)"}.get(r.stop, ")")
+_STOP_NOTES = {
+    Stop.PROOF: "stopped when nothing could beat the result",
+    Stop.BOUNDS: "stopped when the bounds closed the rest; --prove for a guarantee",
+    Stop.CONFIDENCE: "stopped on the GP's confidence; --prove for a guarantee",
+    Stop.BUDGET: "stopped at the evaluation budget: best found",
+    Stop.EXHAUSTIVE: "every scheme within the latency bound",
+}
 
 
 def run_frontier(args: argparse.Namespace) -> int:

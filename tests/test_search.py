@@ -1,8 +1,10 @@
-"""The search driver: both modes, ties, bounds, determinism, CLI, and the seed acceptance."""
+"""The search driver: both modes, ties, bounds, proofs, dominance, determinism, CLI, and the
+seed acceptance."""
 from __future__ import annotations
 
 import json
 import statistics
+from itertools import product
 
 import numpy as np
 import pytest
@@ -11,8 +13,10 @@ from planner.accuracy_db import AccuracyRecord, read_seed
 from planner.latency import LatencyModel
 from planner.profile import load_profile, save_profile
 from planner.scheme import DEVICE_ONLY, Scheme
-from planner.search import (DBEvaluator, FullSpaceEvaluator, Requirement, SearchConfig, Space, Strategy,
-                            _Grid, build_candidates, search)
+from planner.search import (DBEvaluator, FullSpaceEvaluator, Requirement, SearchConfig, Space, Stop, Strategy,
+                            build_candidates, search)
+from planner.search.bounds import Grid, standing
+from planner.search.problem import Incumbent, Problem
 from tests.planner_fixtures import SEED_PROFILE, seed_path, tiny_profile
 
 BASE = 0.10
@@ -58,12 +62,15 @@ def test_both_modes_find_the_exhaustive_optimum(req, table_seed, prove):
     ex, ex_ev = run(prof, table, REQS[req], strategy=Strategy.EXHAUSTIVE)
     got, ev = run(prof, table, REQS[req], prove=prove)
     assert got.scheme == ex.scheme and got.latency_s == ex.latency_s and got.top1_error == ex.top1_error
-    assert got.evaluations == ev.evaluations < ex_ev.evaluations
-    if prove:
-        assert got.proven
+    assert got.evaluations == ev.evaluations <= ex_ev.evaluations
+    if prove:   # a proof looks up every feasible scheme in latency mode, fewer in accuracy mode
+        assert got.proven and got.unproven_candidates == 0 and got.unproven_margin is None
+        assert got.evaluations < ex_ev.evaluations or not req.startswith("loss")
+    else:
+        assert got.evaluations < ex_ev.evaluations
     # every scheme it evaluated met the latency requirement
     lat = LatencyModel.from_profile(prof, BW)
-    assert all(lat.latency_s(s) <= got.requirement.max_latency_s for s in ev.log)
+    assert ev.log and all(lat.latency_s(s) <= got.requirement.max_latency_s for s in ev.log)
 
 
 def test_latency_mode_never_evaluates_a_scheme_that_is_too_slow():
@@ -124,7 +131,7 @@ def test_monotonicity_bounds_on_the_grid():
     table = monotone_table(0, prof)
     m = LatencyModel.from_profile(prof, BW)
     cands = build_candidates(m, Space.DB, table)
-    grid = _Grid(cands)
+    grid = Grid(cands)
     i = next(k for k in range(len(cands)) if cands.scheme(k) == Scheme.parse("1:4:4"))
     lb = grid.lower_bounds(np.array([i]), np.array([0.3]))
     ub = grid.upper_bounds(np.array([i]), np.array([0.3]))
@@ -135,27 +142,62 @@ def test_monotonicity_bounds_on_the_grid():
     assert at["0:2:3"] == (-np.inf, np.inf)    # another partition
 
 
-def test_dominated_scheme_is_pruned_dominating_one_is_not():
-    # accuracy mode: 0:8:8 misses the requirement, so all of partition 0 is certain to miss
-    # and none of it is evaluated; 1:16:8 dominates nothing that failed and is evaluated
+def test_bounds_close_only_schemes_slower_than_the_incumbent():
+    # latency mode, incumbent 1:8:8 at 0.12; 1:16:8 looked up at 0.30 bounds everything at P=1
+    # from below: the slower schemes it bounds are closed, the faster ones never are
+    prof = tiny_profile()
+    table = monotone_table(0, prof)
+    m = LatencyModel.from_profile(prof, BW)
+    cands = build_candidates(m, Space.DB, table)
+    prob = Problem(m, cands, Requirement.latency_s(10.0), BASE)
+    at = {str(cands.scheme(k)): k for k in range(len(cands))}
+    inc = prob.offer(Incumbent(), at["1:8:8"], 0.12)
+    done = np.array([at["1:8:8"], at["1:16:8"]])
+    st = standing(prob, inc, done, np.array([0.12, 0.30]), Grid(cands), close_margin=0.002)
+    lat = cands.latency_s
+    assert st.contender[at["1:12:8"]] and st.closed[at["1:12:8"]]        # slower, bound 0.30
+    assert lat[at["1:4:4"]] < inc.latency_s and not st.closed[at["1:4:4"]]  # faster: stays open
+    assert not st.contender[at["1:16:8"]] and not st.contender[at["1:8:8"]]
+    assert all(lat[k] > inc.latency_s for k in np.flatnonzero(st.closed))
+    # a scheme with no bound (partition 0) could beat it on a monotone table: margin 0
+    assert st.unproven_margin() == 0.0
+    # a proof closes nothing
+    proof = standing(prob, inc, done, np.array([0.12, 0.30]), Grid(cands), close_margin=None)
+    assert not proof.closed.any() and proof.unproven_candidates == st.unproven_candidates
+
+
+def test_unproven_margin_is_the_smallest_violation_that_could_beat_the_result():
+    # accuracy mode on partition 1 only; the incumbent is 1:16:8 at 0.105 (bound 0.11 + tol)
+    prof = tiny_profile()
+    table = {Scheme.split(1, c, b): 0.5 for c in range(1, 17) for b in range(1, 9)}
+    m = LatencyModel.from_profile(prof, BW)
+    cands = build_candidates(m, Space.DB, table)
+    prob = Problem(m, cands, Requirement.accuracy_loss(0.01), BASE)
+    at = {str(cands.scheme(k)): k for k in range(len(cands))}
+    inc = prob.offer(Incumbent(), at["1:16:8"], 0.105)
+    done = [at["1:16:8"], at["1:15:8"], at["1:16:7"]]
+    st = standing(prob, inc, np.array(done), np.array([0.105, 0.13, 0.12]), Grid(cands), 0.002)
+    # every faster scheme is dominated by 1:15:8 (0.13) or 1:16:7 (0.12): beating the result
+    # (error <= 0.11) needs a fall of at least 0.12 - 0.11 below a bound
+    assert st.unproven_candidates == len(cands) - 3 and not st.closed.any()
+    assert st.unproven_margin() == pytest.approx(0.12 - (BASE + 0.01), abs=1e-6)
+
+
+def test_a_needle_in_a_flat_table_is_found_by_the_proof():
+    # accuracy mode: only 1:16:8 (the slowest split scheme) meets the bound; nothing that
+    # fails may hide it, whatever the bounds say (a lone needle is what a GP stop may miss)
     prof = tiny_profile()
     table = {Scheme.split(0, c, b): 0.5 for c in range(1, 9) for b in range(1, 9)}
     table.update({Scheme.split(1, c, b): 0.5 for c in range(1, 17) for b in range(1, 9)})
     table[Scheme.parse("1:16:8")] = 0.105
     m = LatencyModel.from_profile(prof, BW)
     ev = DBEvaluator(table, BASE)
-    # the proof (a lone needle in a flat table is what the GP stop may give up on)
     got = search(m, build_candidates(m, Space.DB, table), Requirement.accuracy_loss(0.01), ev,
                  SearchConfig(prove=True))
-    assert got.scheme == Scheme.parse("1:16:8")
-    assert Scheme.parse("1:16:8") in ev.log
-    p0 = [s for s in ev.log if s.partition == 0]
-    # whatever failed in partition 0 pruned everything it dominates: nothing evaluated twice
-    # over, and far fewer than the 64 schemes there
-    for s in p0:
-        assert not any(t != s and t.channels <= s.channels and t.bits <= s.bits
-                       and ev.log.index(t) > ev.log.index(s) for t in p0)
-    assert got.evaluations < len(table) // 4
+    assert got.scheme == Scheme.parse("1:16:8") and got.proven and got.stop is Stop.PROOF
+    # fastest first: it looked up exactly the schemes faster than the answer, and the answer
+    faster = {s for s in table if m.latency_s(s) < got.latency_s}
+    assert set(ev.log) == faster | {got.scheme} and ev.log[-1] == got.scheme
 
 
 def test_deterministic_under_a_seed():
@@ -284,12 +326,24 @@ def _same(a, b):
     return (a.scheme, a.latency_s, a.top1_error) == (b.scheme, b.latency_s, b.top1_error)
 
 
+def dominators(result, m: LatencyModel, table: dict[Scheme, float]) -> list[str]:
+    """Schemes the search looked up or its bounds closed that are faster than the result and at
+    least as accurate (their true errors from `table`)."""
+    if result.scheme is None:
+        return []
+    seen = [Scheme.parse(s) for s, _ in result.evaluated] + [Scheme.parse(s) for s in result.closed]
+    return [str(s) for s in seen
+            if m.latency_s(s) < result.latency_s and table[s] <= result.top1_error]
+
+
 @pytest.mark.slow
 def test_seed_acceptance_exact_optimum(acceptance):
     for bw, kind, v, got, proof, ex in acceptance:
         assert _same(got, ex), (bw, kind, v, "default")
         assert _same(proof, ex) and proof.proven, (bw, kind, v, "prove")
-        assert got.evaluations < ex.evaluations and proof.evaluations < ex.evaluations
+        assert got.evaluations < ex.evaluations and proof.evaluations <= ex.evaluations
+        m, _, _, table, _ = seed_setting(bw, kind, v)
+        assert not dominators(got, m, table), (bw, kind, v)
     # the research code's documented failure: at 0.5 Mbps / loss 0.05 it settled on 2:1:4
     (r,) = [g for bw, k, v, g, _, _ in acceptance if (bw, k, v) == (0.5, "loss", 0.05)]
     assert str(r.scheme) == "0:1:5" and r.latency_s == pytest.approx(0.62266)
@@ -311,18 +365,22 @@ def test_gp_stop_saves_look_ups_over_the_proof(acceptance):
 
 
 def test_gp_stop_waits_for_min_evaluations_and_confidence():
-    # a minimum above any proof's count, or a confidence of 1, leaves only the proof to stop it
     m, cands, req, table, base = seed_setting(1.0, "ratio", 0.6)
-    proof = search(m, cands, req, DBEvaluator(table, base), SearchConfig(prove=True))
-    for cfg in (SearchConfig(min_evaluations=10_000), SearchConfig(confidence=1.0)):
-        got = search(m, cands, req, DBEvaluator(table, base), cfg)
-        assert got.proven and _same(got, proof)   # the acquisition differs, the proof does not
+    default = search(m, cands, req, DBEvaluator(table, base), SearchConfig())
+    assert default.stop is Stop.CONFIDENCE and not default.proven
+    # a minimum above the default's count, or a confidence of 1, keeps it going past that point
+    n = default.evaluations
+    waited = search(m, cands, req, DBEvaluator(table, base), SearchConfig(min_evaluations=n + 5))
+    assert waited.evaluations >= n + 5
+    sure = search(m, cands, req, DBEvaluator(table, base), SearchConfig(confidence=1.0, max_evaluations=n + 5))
+    assert sure.stop is Stop.BUDGET and sure.evaluations == n + 5 and not sure.proven
+    for got in (waited, sure):   # the same path, further
+        assert got.evaluated[:n] == default.evaluated
     # the knobs only move the stop along one path (the acquisition ignores them): a laxer
     # rule stops on a prefix of the default's look-ups, unproven
-    default = search(m, cands, req, DBEvaluator(table, base), SearchConfig())
     lax = search(m, cands, req, DBEvaluator(table, base), SearchConfig(confidence=0.5, min_evaluations=5))
-    assert not default.proven and not lax.proven
-    assert 5 <= lax.evaluations < default.evaluations < proof.evaluations
+    assert not lax.proven and lax.stop is Stop.CONFIDENCE
+    assert 5 <= lax.evaluations < default.evaluations
     assert lax.evaluated == default.evaluated[:lax.evaluations]
 
 
@@ -330,6 +388,78 @@ def test_gp_stop_waits_for_min_evaluations_and_confidence():
 def test_seed_acceptance_wall_time(acceptance):
     # 2 s is the target on an idle machine; the CI machine is shared, so allow slack here
     assert max(got.wall_s for _, _, _, got, _, _ in acceptance) <= 6.0
+
+
+# -- every seed setting, both tables, perturbed: proofs are exact, nothing dominates a result ------
+SEED_BANDWIDTHS_MBPS = (0.3, 0.5, 1.0, 1.2, 2.0, 5.0)
+SEED_REQUIREMENTS = (("ratio", 0.5), ("ratio", 0.6), ("ratio", 0.7), ("loss", 0.01), ("loss", 0.05))
+SEED_TABLES = ("accuracy_search.txt", "latency_search.txt", "accuracy_search.txt+noise",
+               "latency_search.txt+noise")
+
+
+def seed_table(name: str) -> dict[Scheme, float]:
+    """A seed table, or (`+noise`) one with every error moved by up to +-0.01 (seeded):
+    monotonicity broken much more often than in the recorded tables."""
+    path, _, noise = name.partition("+")
+    table = read_seed(seed_path(path))
+    if noise:
+        rng = np.random.default_rng(12)
+        table = {s: round(float(np.clip(e + rng.uniform(-0.01, 0.01), 0.0, 1.0)), 3) for s, e in table.items()}
+    return table
+
+
+def seed_problem(table, bw, kind, v):
+    prof = load_profile(seed_path(SEED_PROFILE))
+    m = LatencyModel.from_profile(prof, bw)
+    req = (Requirement.latency_ratio(v, m.best_single_end()[1]) if kind == "ratio"
+           else Requirement.accuracy_loss(v))
+    return m, build_candidates(m, Space.DB, table), req, prof.base_top1_error
+
+
+@pytest.mark.parametrize("name", SEED_TABLES)
+def test_prove_with_zero_margin_equals_exhaustive_on_every_setting(name):
+    table = seed_table(name)
+    for bw, (kind, v) in product(SEED_BANDWIDTHS_MBPS, SEED_REQUIREMENTS):
+        m, cands, req, base = seed_problem(table, bw, kind, v)
+        ex = search(m, cands, req, DBEvaluator(table, base), strategy=Strategy.EXHAUSTIVE)
+        got = search(m, cands, req, DBEvaluator(table, base), SearchConfig(prove=True, noise_margin=0.0))
+        assert _same(got, ex), (name, bw, kind, v, str(got.scheme), str(ex.scheme))
+        assert got.proven and got.stop is Stop.PROOF and got.unproven_candidates == 0
+        assert got.evaluations <= ex.evaluations and not got.closed
+        assert not dominators(got, m, table)
+
+
+def test_no_result_is_dominated_by_a_scheme_it_looked_up_or_closed():
+    """GP-stopped searches cut short at 4 look-ups (much is open, some closed then) on
+    settings beyond issue 4's, every table; every scheme the bounds closed is slower than the
+    result. (The full GP-stopped searches of the acceptance below are checked too.)"""
+    closed = 0
+    for name in SEED_TABLES:
+        table = seed_table(name)
+        for bw, (kind, v) in product((0.3, 1.2, 5.0), SEED_REQUIREMENTS):
+            m, cands, req, base = seed_problem(table, bw, kind, v)
+            got = search(m, cands, req, DBEvaluator(table, base), SearchConfig(max_evaluations=4))
+            assert got.evaluations <= 4
+            assert not dominators(got, m, table), (name, bw, kind, v, str(got.scheme))
+            if got.scheme is not None:
+                assert all(m.latency_s(Scheme.parse(s)) > got.latency_s for s in got.closed)
+            assert got.proven == (got.unproven_candidates == 0) == (got.unproven_margin is None)
+            closed += len(got.closed)
+    assert closed > 0   # the bounds did close schemes: the checks above are not vacuous
+
+
+def test_reported_case_1_2_mbps_latency_ratio_0_5():
+    # the database holds 1:4:6 (0.161, 0.764 s) beside 1:4:7 (0.165) and 1:4:8 (0.162, 0.847 s):
+    # 1:4:7's bound once pruned 1:4:6, and even --prove --noise-margin 0 returned 1:4:8
+    table = seed_table("latency_search.txt")
+    m, cands, req, base = seed_problem(table, 1.2, "ratio", 0.5)
+    for cfg in (SearchConfig(prove=True, noise_margin=0.0), SearchConfig(prove=True)):
+        got = search(m, cands, req, DBEvaluator(table, base), cfg)
+        assert str(got.scheme) == "1:4:6" and got.top1_error == 0.161 and got.proven
+    got = search(m, cands, req, DBEvaluator(table, base), SearchConfig())
+    assert not dominators(got, m, table) and "1:4:6" not in got.closed
+    if str(got.scheme) != "1:4:6":   # the GP stop may leave it unlooked-up: then it says so
+        assert not got.proven and got.unproven_candidates > 0 and got.miss_probability < 0.05
 
 
 def test_cli_prove_flag(capsys):
@@ -345,6 +475,9 @@ def test_cli_prove_flag(capsys):
     assert (proved["stop"], default["stop"]) == ("proof", "confidence")
     assert default["evaluations"] < proved["evaluations"]
     assert "proven optimal" in out
+    assert (proved["unproven_candidates"], proved["unproven_margin"]) == (0, None)
+    assert default["unproven_candidates"] > 0 and default["unproven_margin"] >= 0
+    assert 0 <= default["miss_probability"] < 0.05
     rc, _, err = _cli(capsys, *argv, "--confidence", "1.5")
     assert rc == 2 and "confidence" in err
 
@@ -382,7 +515,7 @@ def test_cli_full_space_with_real_evaluator(tmp_path, capsys):
                         "--train-limit", "64", "--test-limit", "100", "--max-evaluations", "2", "--json")
     assert rc == 0, err
     obj = json.loads(out.strip().splitlines()[-1])
-    assert 1 <= obj["evaluations"] <= 2 and obj["scheme"], out and obj["stop"] in ("budget", "confidence", "proof")
+    assert 1 <= obj["evaluations"] <= 2 and obj["scheme"] and obj["stop"] in ("budget", "confidence", "proof"), out
     with AccuracyDB(db) as adb:
         rows = {r.scheme: r for r in adb.records("fmnist-vgg", "fashion-mnist")}
     assert obj["scheme"] in rows or obj["scheme"] in ("device-only", "cloud-only")

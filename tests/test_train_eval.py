@@ -241,4 +241,7 @@ def test_cli_evaluate_json(tmp_path, fmnist_small, weights_file, capsys):
     assert out["scheme"] == "1:4:1" and len(out["channel_indices"]) == 4
     assert math.isclose(out["accuracy_loss"], out["top1_error"] - out["base_error"])
     assert out["seconds"] > 0 and out["test_size"] == 200
-    assert train_cli  # the module that defines the subcommands
+    # the subcommand ran through train_cli, the module that defines it (planner/__main__.py's table)
+    from planner.__main__ import build_parser
+    args = build_parser().parse_args(["evaluate", "--model", MODEL, "--scheme", "1:4:1"])
+    assert args.func is train_cli._evaluate
