@@ -20,7 +20,8 @@ from planner.accuracy_db import read_seed
 from planner.latency import LatencyModel
 from planner.profile import Profile, load_profile
 from planner.scheme import Scheme
-from planner.search import (DBEvaluator, Requirement, SearchConfig, SearchResult, Space, Strategy,
+from planner.requirement import RequirementKind, RequirementSpec
+from planner.search import (DBEvaluator, SearchConfig, SearchResult, Space, Strategy,
                             build_candidates, search)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,8 +68,8 @@ class Bench:
 
     def problem(self, s: Setting):
         m = LatencyModel.from_profile(self.prof, s.bandwidth_mbps)
-        req = (Requirement.latency_ratio(s.value, m.best_single_end()[1]) if s.kind == "latency ratio"
-               else Requirement.accuracy_loss(s.value))
+        req = (RequirementSpec(RequirementKind.LATENCY_RATIO, s.value) if s.kind == "latency ratio"
+               else RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, s.value)).build(m)
         table = self.tables[s.table]
         return m, build_candidates(m, Space.DB, table), req, table
 

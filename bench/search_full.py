@@ -55,7 +55,8 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
     from planner.latency import LatencyModel
     from planner.profile import MeasureConfig, measure_profile
     from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Scheme
-    from planner.search import FullSpaceEvaluator, Requirement, SearchConfig, Space, build_candidates, search
+    from planner.requirement import RequirementKind, RequirementSpec
+    from planner.search import FullSpaceEvaluator, SearchConfig, Space, build_candidates, search
 
     torch.set_num_threads(args.threads)
     train_limit, test_limit = (256, 200) if args.quick else (None, None)
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace, work: Path) -> list[str]:
                             progress=False).record
         ev = FullSpaceEvaluator(known, base.top1_error, MODEL, db, args.finetune_epochs, args.seed,
                                 evaluate_fn, train_limit=train_limit, test_limit=test_limit)
-        result = search(lat, cands, Requirement.accuracy_loss(args.accuracy_loss), ev,
+        result = search(lat, cands, RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, args.accuracy_loss).build(lat), ev,
                         SearchConfig(seed=args.seed, max_evaluations=max_evals))
         rows = {r.scheme: r for r in db.records(MODEL, base.dataset) if r.recipe == recipe}
     reeval = None

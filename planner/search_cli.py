@@ -9,7 +9,8 @@ from pathlib import Path
 from planner.accuracy_db import AccuracyDB, AccuracyDBError, is_seed_text, load_view
 from planner.latency import LatencyModel, LatencyModelError
 from planner.profile import ProfileError, load_profile
-from planner.search import (DBEvaluator, FullSpaceEvaluator, Requirement, SearchConfig, SearchError,
+from planner.requirement import RequirementSpec
+from planner.search import (DBEvaluator, FullSpaceEvaluator, SearchConfig, SearchError,
                             SearchResult, Space, Stop, Strategy, build_candidates, search)
 
 EXIT_INFEASIBLE = 3   # no scheme meets the requirement (contract)
@@ -95,12 +96,7 @@ def run_search(args: argparse.Namespace) -> int:
     try:
         profile, model_name, view, lat = _load(args)
         space = Space(args.space)
-        if args.latency_ratio is not None:
-            req = Requirement.latency_ratio(args.latency_ratio, lat.best_single_end()[1])
-        elif args.latency_s is not None:
-            req = Requirement.latency_s(args.latency_s)
-        else:
-            req = Requirement.accuracy_loss(args.accuracy_loss)
+        req = RequirementSpec.from_flags(args.latency_ratio, args.latency_s, args.accuracy_loss).build(lat)
         cands = build_candidates(lat, space, view.errors)
         db = None
         if space is Space.FULL:
