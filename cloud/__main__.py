@@ -6,9 +6,10 @@ import logging
 import sys
 
 from cloud.server import ServerConfig, serve
-from common.limits import MAX_MESSAGE_BYTES
 from common.logs import LogFormat, configure_logging
 from planner.models import model_names
+
+_D = ServerConfig()     # the CLI's defaults are the config's
 
 
 def parse_hw(text: str) -> tuple[int, int]:
@@ -27,9 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="coinfer-cloud", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     s = sub.add_parser("serve", help="serve collaborative inference over gRPC")
-    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one (default 50051)")
-    s.add_argument("--model", default="fmnist-vgg", help=f"one of {', '.join(model_names())}")
+    s.add_argument("--host", default=_D.host, help=f"address to bind (default {_D.host})")
+    s.add_argument("--port", type=int, default=_D.port, help=f"port; 0 picks a free one (default {_D.port})")
+    s.add_argument("--model", default=_D.model, help=f"one of {', '.join(model_names())}")
     s.add_argument("--weights", help="state dict file (default: the model's shipped weights)")
     s.add_argument("--num-classes", type=int, help="classifier width of --weights")
     s.add_argument("--artifact", action="append", default=[], metavar="FILE",
@@ -39,20 +40,20 @@ def build_parser() -> argparse.ArgumentParser:
                       help="bank of fine-tuned tails to serve (repeatable; default: the model's shipped bank)")
     bank.add_argument("--no-bank", action="store_true", help="serve no bank, not even the shipped one")
     s.add_argument("--input-size", type=parse_hw, help="image size HxW (default: the model's)")
-    s.add_argument("--workers", type=int, default=8,
+    s.add_argument("--workers", type=int, default=_D.max_workers,
                    help="threads running decode and tail (open streams and waiting calls hold none)")
-    s.add_argument("--max-concurrent-rpcs", type=int, default=64,
+    s.add_argument("--max-concurrent-rpcs", type=int, default=_D.max_concurrent_rpcs,
                    help="calls and stream frames in progress beyond this get RESOURCE_EXHAUSTED")
-    s.add_argument("--max-streams", type=int, default=1024,
+    s.add_argument("--max-streams", type=int, default=_D.max_streams,
                    help="open InferStreams beyond this get RESOURCE_EXHAUSTED")
-    s.add_argument("--stream-idle-s", type=float, default=300.0,
+    s.add_argument("--stream-idle-s", type=float, default=_D.stream_idle_s,
                    help="end an InferStream that sent no frame for this long, seconds")
-    s.add_argument("--max-message-bytes", type=int, default=MAX_MESSAGE_BYTES)
-    s.add_argument("--profile-repeats", type=int, default=3,
+    s.add_argument("--max-message-bytes", type=int, default=_D.max_message_bytes)
+    s.add_argument("--profile-repeats", type=int, default=_D.profile_repeats,
                    help="tail timing repeats per partition at start-up (0 skips)")
-    s.add_argument("--grace-s", type=float, default=5.0, help="drain time on SIGTERM, seconds")
+    s.add_argument("--grace-s", type=float, default=_D.grace_s, help="drain time on SIGTERM, seconds")
     s.add_argument("--threads", type=int, help="torch intra-op threads")
-    s.add_argument("--max-inflight-bytes", type=int, default=1 << 30,
+    s.add_argument("--max-inflight-bytes", type=int, default=_D.max_inflight_bytes,
                    help="memory reserved by calls in progress; beyond it RESOURCE_EXHAUSTED")
     s.add_argument("--tls-cert", metavar="FILE", help="PEM server certificate; enables TLS with --tls-key")
     s.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")

@@ -35,7 +35,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInfer"].full_name  # "coinfer.v
 @dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"
-    port: int = 0                        # 0 picks a free port
+    port: int = 50051                    # 0 picks a free port
     model: str = "fmnist-vgg"
     weights: str | None = None           # state dict; None = the model's shipped default
     num_classes: int | None = None       # classifier width when weights have another head
