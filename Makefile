@@ -11,7 +11,7 @@ QUOTA ?= 0.1
 RATES ?= 0.5 1 2
 DEMO_RATE ?= 0.05
 
-.PHONY: all venv protos data test test-fast demo bench bench-bank bench-link bench-load bench-netns clean
+.PHONY: all venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns clean
 
 all: test
 
@@ -47,6 +47,9 @@ demo: $(STAMP) data
 
 bench: $(STAMP) data
 	$(PY) -m bench.runtime
+
+bench-attack: $(STAMP) data
+	$(PY) -m bench.attack
 
 bench-bank: $(STAMP) data
 	$(PY) -m bench.bank
