@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from planner.accuracy_db import AccuracyDB, AccuracyRecord
 from planner.bank import (BankEntry, BankError, BankTail, BankWeightsMismatch, Manifest, read_manifest,
                           save_entry, write_manifest, MANIFEST)
-from planner.evaluate import _model_weights, ensure_base_record, quantize_dequantize
+from planner.evaluate import _model_weights, ensure_base_record, quantize_dequantize, recipe_name
 from planner.models import SplitCNN, build_model, file_sha256
 from planner.pruning import select_channels
 from planner.scheme import Scheme, SchemeError
@@ -41,12 +41,7 @@ BANK_CONFIG = dataclasses.replace(FINETUNE_CONFIG, lr=0.02)
 
 def bank_recipe(epochs: float, seed: int, train_limit: int | None = None, test_limit: int | None = None) -> str:
     """Recipe key of bank rows, e.g. `bank0.5-seed0` (subsets appended like ft rows)."""
-    name = f"bank{epochs:g}-seed{seed}"
-    if train_limit is not None:
-        name += f"-train{train_limit}"
-    if test_limit is not None:
-        name += f"-test{test_limit}"
-    return name
+    return recipe_name(epochs, seed, train_limit, test_limit, kind="bank")
 
 
 class BankTrainNet(nn.Module):

@@ -91,9 +91,10 @@ class SchemeNet(nn.Module):
 
 # -- evaluation ---------------------------------------------------------------------------------
 def recipe_name(finetune_epochs: float, seed: int, train_limit: int | None = None,
-                test_limit: int | None = None) -> str:
-    """Recipe key of a fine-tune, e.g. `ft0.25-seed0` (subsets appended: `-train512-test256`)."""
-    name = f"ft{finetune_epochs:g}-seed{seed}"
+                test_limit: int | None = None, kind: str = "ft") -> str:
+    """Recipe key of a fine-tune, e.g. `ft0.25-seed0` (subsets appended: `-train512-test256`);
+    `kind` names what was fine-tuned (`ft`: the whole network, `bank`: a bank entry's layer)."""
+    name = f"{kind}{finetune_epochs:g}-seed{seed}"
     if train_limit is not None:
         name += f"-train{train_limit}"
     if test_limit is not None:
