@@ -30,7 +30,7 @@ from planner.evaluate import _model_weights, ensure_base_record, quantize_dequan
 from planner.models import SplitCNN, build_model, file_sha256
 from planner.pruning import select_channels
 from planner.scheme import Scheme, SchemeError
-from planner.train import FINETUNE_CONFIG, TrainConfig, fit, load_dataset, model_dataset, predict_logits, top1_error
+from planner.train import FINETUNE_CONFIG, fit, load_dataset, model_dataset, predict_logits, top1_error
 
 log = logging.getLogger(__name__)
 

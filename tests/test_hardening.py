@@ -6,14 +6,12 @@ import json
 import logging
 import queue
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 
 import grpc
-import numpy as np
 import pytest
 import zstandard
 from grpc_health.v1 import health_pb2, health_pb2_grpc
