@@ -123,7 +123,7 @@ def vgg_part(args, why_not: str | None) -> None:
     images = synthetic_images(work, args.vgg_limit, (224, 224), 3)
     flags = ["--num-classes", "196"]
     with setting(True, args.vgg_rate_mbps, args.quota, None) as (host, cprefix, dprefix, extra, where):
-        print(f"== vgg16_bn at 224x224 (seeded random weights: timing and bytes only; accuracies are the seed's "
+        print("== vgg16_bn at 224x224 (seeded random weights: timing and bytes only; accuracies are the seed's "
               "recorded ones): starting its cloud ...", flush=True)
         with CloudDaemon(["--model", "vgg16_bn", *flags, "--threads", "1"], host=host, prefix=cprefix) as cloud:
             print(f"cloud listening on {cloud.address}; {where}.\n{args.vgg_limit} images per scheme; auto = the "
