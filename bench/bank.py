@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.common import header, write
-from cloud.daemon import CloudDaemon
+from cloud.daemon import REPO, CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
 from planner.bank import read_manifest, shipped_bank_dir
@@ -121,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     secs = [e.seconds for e in manifest.schemes]
     growth = mem["with bank"] - mem["without bank"]
     out = header("Scheme bank (fmnist-vgg)", f"python -m bench.bank --images {args.images} --schemes {args.schemes}")
-    out += [f"Bank `{bank}`: {len(manifest.schemes)} schemes, recipe `{manifest.recipe}`, "
+    shown = bank.resolve().relative_to(REPO) if bank.resolve().is_relative_to(REPO) else bank
+    out += [f"Bank `{shown}`: {len(manifest.schemes)} schemes, recipe `{manifest.recipe}`, "
             f"base top-1 error {manifest.base_top1_error:.4f} (test split, {manifest.schemes[0].test_size if secs else 0} images).", "",
             f"### Top-1 accuracy on the first {args.images} test images, through a real cloud daemon", "",
             "| scheme | seconds (3 runs) | bank tail, Infer | bank tail, InferStream | unmodified tail | bank - unmodified network |",
