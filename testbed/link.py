@@ -34,12 +34,12 @@ import secrets
 import signal
 import subprocess
 import threading
-import time
 from dataclasses import replace
 
 from testbed.errors import CommandFailed, ShapingUnavailable
 from testbed.namespaces import (DEFAULT_PREFIX, TERM_GRACE_S, delete_netns, netns_exec_prefix,
                                 require_net_admin, run)
+from testbed.processes import terminate_all
 from testbed.tbf import TbfShape
 
 log = logging.getLogger(__name__)
@@ -118,16 +118,7 @@ class ShapedLink:
                 return
             self._closed = True
         try:
-            for proc in self._procs:
-                if proc.poll() is None:
-                    proc.terminate()
-            deadline = time.monotonic() + TERM_GRACE_S
-            for proc in self._procs:
-                try:
-                    proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=TERM_GRACE_S)
+            terminate_all(self._procs, TERM_GRACE_S)
             for ns in reversed(self._created):
                 delete_netns(ns)
             self._created.clear()

@@ -9,11 +9,11 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from bench.linkbench.config import DEVICE_START_S, PER_IMAGE_S, BenchError, LinkBenchConfig, device_common
 from testbed import netns_exec_prefix
+from testbed.processes import terminate_all
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,16 +30,7 @@ class Children:
         return proc
 
     def stop_all(self, grace_s: float = 5.0) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
-        deadline = time.monotonic() + grace_s
-        for p in self.procs:
-            try:
-                p.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(timeout=grace_s)
+        terminate_all(self.procs, grace_s, min_wait_s=0.1)
         self.procs.clear()
 
 
