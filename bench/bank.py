@@ -20,6 +20,7 @@ from bench.common import header, write
 from cloud.daemon import REPO, CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.bank import read_manifest, shipped_bank_dir
 from planner.data import load_fashion_mnist
 from planner.models import build_model
@@ -97,8 +98,8 @@ def main(argv: list[str] | None = None) -> int:
         cloud = CloudDaemon(["--model", MODEL, "--profile-repeats", "0", "--threads", "1", *flags]).start()
         try:
             with CloudClient(ClientConfig(cloud.address, timeout_s=60)) as client:
-                bank_runner = DeviceRunner(model, MODEL, client)
-                plain_runner = DeviceRunner(model, MODEL, client, use_bank=False)
+                bank_runner = DeviceRunner(TorchHeads(model), MODEL, client)
+                plain_runner = DeviceRunner(TorchHeads(model), MODEL, client, use_bank=False)
                 for s in schemes:                       # warm-up: the same frames on both daemons
                     for img in images[:50]:
                         bank_runner.run(s, img)

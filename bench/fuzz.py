@@ -16,6 +16,7 @@ import zstandard
 from cloud.engine import Engine, ServedModel
 from cloud.errors import status_for
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -28,7 +29,7 @@ SCHEMES = ["0:32:8", "1:8:4", "2:16:2", "3:16:4", "4:3:5", "5:128:1"]
 
 def captured_requests(n_images: int = 4) -> list[pb.InferRequest]:
     model = build_model("fmnist-vgg")
-    runner = DeviceRunner(model, "fmnist-vgg", None)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", None)
     images = load_fashion_mnist("test")[0][:n_images].numpy()
     reqs = [runner.prepare(Scheme.parse(s), img)[0] for s in SCHEMES for img in images]
     reqs.append(runner.prepare(Scheme.parse("3:16:4"), images[0], lossless=True)[0])

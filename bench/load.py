@@ -25,6 +25,7 @@ from bench.common import RunLoad, header, write
 from cloud.daemon import CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     load = RunLoad()
     torch.set_num_threads(1)
     model = build_model("fmnist-vgg")
-    runner = DeviceRunner(model, "fmnist-vgg", None)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", None)
     images = load_fashion_mnist("test")[0][:256].numpy()
     frames = [runner.prepare(Scheme.parse(args.scheme), img)[0] for img in images]
     with socket.socket() as sock:

@@ -17,6 +17,7 @@ from bench.common import RunLoad, header, write
 from cloud.daemon import CloudDaemon
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -32,7 +33,7 @@ def overhead_rows() -> list[str]:
     rows = []
     with CloudDaemon(["--model", "fmnist-vgg", "--profile-repeats", "1", "--threads", "1"]) as cloud, \
             CloudClient(ClientConfig(cloud.address)) as client:
-        runner = DeviceRunner(model, "fmnist-vgg", client)
+        runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", client)
         frames = [runner.prepare(Scheme.parse(SCHEME), img)[0] for img in images]
 
         def fresh(phase: str) -> list:

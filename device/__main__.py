@@ -13,11 +13,12 @@ import grpc
 
 from common.logs import LogFormat, configure_logging
 from device.app import Device, DeviceConfig, TailChoice
+from device.heads import Runtime
 from device.cpu_quota import QuotaUnavailable
 from device.inputs import (DATASETS, InputError, dataset_images, dataset_stream, file_images, stdin_images,
                            watch_images)
 from device.runner import FrameResult, summarize
-from planner.models import WeightsError, model_names
+from planner.registry import WeightsError, model_names
 from planner.requirement import RequirementSpec
 from planner.scheme import SchemeError
 
@@ -67,7 +68,11 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tls-key", metavar="FILE", help="PEM private key of --tls-cert")
     p.add_argument("--token-file", metavar="FILE", help="file with the bearer token for the cloud")
     p.add_argument("--threads", type=int, default=_D.threads,
-                   help="torch intra-op threads on the device (default 1, as on a small device)")
+                   help="intra-op threads of the runtime on the device (default 1, as on a small device)")
+    p.add_argument("--runtime", choices=[r.value for r in Runtime], default=_D.runtime.value,
+                   help="what runs the network: torch, or onnx (ONNX Runtime on a `coinfer-plan export` "
+                        "directory, --export; torch is never imported)")
+    p.add_argument("--export", metavar="DIR", help="--runtime onnx: the directory `coinfer-plan export` wrote")
     p.add_argument("--json", action="store_true",
                    help="one JSON line per image, then the summary as the last line")
     p.add_argument("--quiet", action="store_true", help="summary only")
@@ -87,7 +92,7 @@ def config_of(args: argparse.Namespace) -> DeviceConfig:
         hysteresis=args.hysteresis, probe_interval_s=args.probe_interval_s, profile_out=args.profile_out,
         cpu_quota=args.cpu_quota, zstd_level=args.zstd_level, timeout_s=args.timeout_s, tls_ca=args.tls_ca,
         tls_cert=args.tls_cert, tls_key=args.tls_key, token_file=args.token_file, threads=args.threads,
-        lossless=getattr(args, "lossless", False))
+        lossless=getattr(args, "lossless", False), runtime=Runtime(args.runtime), export=args.export)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,8 +173,8 @@ def run_infer(args: argparse.Namespace) -> int:
     dev = Device(config_of(args))
     try:
         hw = dev.input_hw
-        frames = (dataset_images(args.dataset, dev.model.spec, hw, args.limit, args.offset) if args.dataset
-                  else file_images(args.images, dev.model.spec, hw))
+        frames = (dataset_images(args.dataset, dev.heads.spec, hw, args.limit, args.offset) if args.dataset
+                  else file_images(args.images, dev.heads.spec, hw))
         results = process(dev, frames, args)
     finally:
         dev.close()
@@ -186,7 +191,7 @@ def run_daemon(args: argparse.Namespace) -> int:
         if args.metrics_port:
             from device.metrics import serve_device_metrics
             serve_device_metrics(dev, args.metrics_port)
-        spec, hw = dev.model.spec, dev.input_hw
+        spec, hw = dev.heads.spec, dev.input_hw
         sources = {"dataset": lambda: dataset_stream(args.dataset, spec, hw, args.loop, stop),
                    "watch": lambda: watch_images(args.watch, spec, hw, stop),
                    "stdin": lambda: stdin_images(spec, hw, stop)}

@@ -7,14 +7,13 @@ import logging
 from dataclasses import dataclass, field
 
 import grpc
-import torch
 
 from common import codec
 from device.client import ClientConfig, CloudClient
+from device.heads import Heads, Runtime, load_heads
 from device.inputs import InputError
 from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
-from planner.bank import BankWeightsMismatch
-from planner.models import build_model, default_weights_path, file_sha256
+from planner.registry import WeightsMismatch
 from planner.requirement import RequirementKind, RequirementSpec
 from planner.scheme import DEVICE_ONLY, Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -53,17 +52,14 @@ class DeviceConfig:
     tls_cert: str | None = None          # PEM client certificate (mutual TLS)
     tls_key: str | None = None           # PEM private key of tls_cert
     token_file: str | None = None        # file with the bearer token
-    threads: int = 1                     # torch intra-op threads (1, as on a small device)
+    threads: int = 1                     # intra-op threads of the runtime (1, as on a small device)
     lossless: bool = False               # send float32 maps (reference mode; ignores B)
+    runtime: Runtime = Runtime.TORCH     # what runs the network: torch, or ONNX Runtime on an export
+    export: str | None = None            # onnx: the `coinfer-plan export` directory
 
     @property
     def auto(self) -> bool:
         return self.scheme == "auto"
-
-
-def weights_sha256(cfg: DeviceConfig, spec) -> str:
-    path = cfg.weights or default_weights_path(spec)
-    return file_sha256(path) if path else ""
 
 
 def fetch_model_info(client: CloudClient, model: str) -> pb.ModelInfo | None:
@@ -81,12 +77,22 @@ def fetch_model_info(client: CloudClient, model: str) -> pb.ModelInfo | None:
     return served[model]
 
 
-def check_bank_weights(info: pb.ModelInfo | None, own_sha256: str) -> None:
-    """A cloud whose bank was fine-tuned behind other weights than this device's is refused."""
-    if info is None or not info.bank or not info.weights_sha256 or info.weights_sha256 == own_sha256:
+def check_weights(info: pb.ModelInfo | None, heads: Heads, runtime: Runtime) -> None:
+    """A device whose network differs from the one the cloud's tails continue is refused,
+    both sha256s named: the cloud's bank (fine-tuned behind its weights) or, for an ONNX
+    export, any split at all."""
+    if info is None or not info.weights_sha256 or info.weights_sha256 == heads.weights_sha256:
         return
-    raise BankWeightsMismatch(info.weights_sha256, own_sha256 or "(random initialisation)",
-                              f"the cloud's bank for {info.name}")
+    if runtime is Runtime.ONNX:
+        raise WeightsMismatch(info.weights_sha256, heads.weights_sha256 or "(random initialisation)",
+                              f"the cloud serving {info.name}", "its network",
+                              f"this device's export has weights sha256 {heads.weights_sha256 or '(random)'}; "
+                              "export the cloud's weights with `coinfer-plan export --weights FILE`")
+    if info.bank:
+        raise WeightsMismatch(info.weights_sha256, heads.weights_sha256 or "(random initialisation)",
+                              f"the cloud's bank for {info.name}", "bank",
+                              "rebuild the bank with `coinfer-plan bank build` from these weights, or run "
+                              "both sides with the bank's weights")
 
 
 @dataclass
@@ -106,12 +112,14 @@ class Device:
             from device.cpu_quota import require_cpu_quota
             require_cpu_quota()
         self.scheme = None if cfg.auto else Scheme.parse(cfg.scheme)
-        torch.set_num_threads(cfg.threads)
         self.artifact = None
         if cfg.artifact:
+            if cfg.runtime is not Runtime.TORCH:
+                raise InputError("--artifact holds a torch network: it needs --runtime torch")
             from planner.artifact import load_artifact
             self.artifact = load_artifact(cfg.artifact)
-        self.model = build_model(cfg.model, num_classes=cfg.num_classes, weights=cfg.weights)
+        self.heads = load_heads(cfg.runtime, cfg.model, weights=cfg.weights, num_classes=cfg.num_classes,
+                                export=cfg.export, threads=cfg.threads)
         needs_cloud = self.scheme != DEVICE_ONLY
         if needs_cloud and not cfg.cloud:
             raise InputError(f"scheme {cfg.scheme} needs --cloud HOST:PORT")
@@ -121,9 +129,9 @@ class Device:
                                                    token_file=cfg.token_file))
             self.client.check_tls()      # a TLS failure is an error before any frame, not an outage
             self.info = fetch_model_info(self.client, cfg.model)     # None while the cloud is unreachable
-            if cfg.tail is TailChoice.BANK and self.artifact is None:
-                check_bank_weights(self.info, weights_sha256(cfg, self.model.spec))
-        self.runner = DeviceRunner(self.model, cfg.model, self.client, codec.CodecConfig(cfg.zstd_level),
+            if self.artifact is None and (cfg.tail is TailChoice.BANK or cfg.runtime is Runtime.ONNX):
+                check_weights(self.info, self.heads, cfg.runtime)
+        self.runner = DeviceRunner(self.heads, cfg.model, self.client, codec.CodecConfig(cfg.zstd_level),
                                    self.artifact, use_bank=cfg.tail is TailChoice.BANK)
         if cfg.cpu_quota is not None:   # after imports and model loading, before profiling
             from device.cpu_quota import confine_to_cpu_fraction
@@ -133,11 +141,11 @@ class Device:
 
     @property
     def input_hw(self) -> tuple[int, int]:
-        return self.session.state.input_hw if self.session is not None else self.model.spec.input_hw
+        return self.session.state.heads.input_hw if self.session is not None else self.heads.input_hw
 
     def _planner(self):
         from device.live_planner import LivePlanner, runnable_errors
-        cfg, spec = self.cfg, self.model.spec
+        cfg, spec = self.cfg, self.heads.spec
         if cfg.recipe is not None or cfg.db is not None or (self.info is not None and not self.info.bank):
             from planner.evaluate import default_db_path
             recipe = cfg.recipe or "ft0-"
@@ -158,12 +166,12 @@ class Device:
         from device.session import LiveSession
         if self.artifact is not None:
             raise InputError("--scheme auto plans over the unmodified model and the cloud's bank; drop --artifact")
-        cfg, spec = self.cfg, self.model.spec
-        hw = tuple(self.info.input_shape[1:]) if self.info is not None else spec.input_hw
-        weights_key = cfg.weights or str(spec.default_weights)
-        device = cached_device_times(self.model, f"{cfg.model}:{weights_key}", hw, cfg.cpu_quota)
+        cfg = self.cfg
+        if self.info is not None:        # plan for the image size the cloud's tables are for
+            self.heads = self.runner.heads = self.heads.at_input(tuple(self.info.input_shape[1:]))
+        device = cached_device_times(self.heads, cfg.cpu_quota)
         planner = self._planner()
-        state = LiveState(cfg.model, self.model, hw, device, self.info, planner.base_error)
+        state = LiveState(cfg.model, self.heads, device, self.info, planner.base_error)
         session = LiveSession(self.runner, self.client, state, planner, probe_interval_s=cfg.probe_interval_s)
         session.start()
         return session

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from common import codec
 from common.timing import median_seconds
-from planner.models import SplitCNN
+from device.heads import Heads
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +47,8 @@ def measure_encode_s_per_value(maps: list[tuple[int, np.ndarray]], repeats: int 
     return seconds / values if values else 0.0
 
 
-@torch.inference_mode()
-def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: int = 5,
-                         warmup: int = 1, cpu_quota: float | None = None, min_seconds: float = 1.0,
-                         max_repeats: int = 2000) -> DeviceTimes:
+def measure_device_times(heads: Heads, repeats: int = 5, warmup: int = 1, cpu_quota: float | None = None,
+                         min_seconds: float = 1.0, max_repeats: int = 2000) -> DeviceTimes:
     """Per-frame seconds of a sustained stream: passes back to back, at least `repeats` of
     them and at least `min_seconds` in all (at most `max_repeats`); one pass gives the head
     time of every cut, and each is the mean over the passes; then the encoder's seconds per
@@ -62,42 +59,33 @@ def measure_device_times(model: SplitCNN, input_hw: tuple[int, int], repeats: in
     one waits for the period to end, so a 2 ms network shows 2 ms in most passes and
     ~20 ms per frame on average: the device's cost per frame is the average.
     """
-    ends = {p.feature_end: p.index for p in model.partitions}
-    image = torch.randint(0, 256, (1, model.spec.in_channels, *input_hw), dtype=torch.uint8,
-                          generator=torch.Generator().manual_seed(0))
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (heads.spec.in_channels, *heads.input_hw), dtype=np.uint8)
     runs = []
     started = None
     r = 0
+    last = None
     while True:
         if r == warmup:
             started = time.perf_counter()
-        marks = [0.0] * len(model.partitions)
-        maps = []                  # the cuts' feature maps: the encoder is timed on the last pass's
-        t0 = time.perf_counter()
-        x = model.preprocess(image)
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i + 1 in ends:
-                marks[ends[i + 1]] = time.perf_counter() - t0
-                maps.append((ends[i + 1], x[0]))
-        model.classifier(torch.flatten(model.avgpool(x), 1))
+        last = heads.timed_pass(image)
         if r >= warmup:
-            runs.append((marks, time.perf_counter() - t0))
+            runs.append(last)
             if len(runs) >= max_repeats or (
                     len(runs) >= repeats and time.perf_counter() - started >= min_seconds):
                 break
         r += 1
-    heads = tuple(statistics.fmean(m[p] for m, _ in runs) for p in range(len(model.partitions)))
-    return DeviceTimes(heads, statistics.fmean(t for _, t in runs), len(runs), cpu_quota,
-                       measure_encode_s_per_value([(p, fm.numpy()) for p, fm in maps]))
+    head_s = tuple(statistics.fmean(run.head_s[p] for run in runs) for p in range(len(heads.partitions)))
+    return DeviceTimes(head_s, statistics.fmean(run.full_s for run in runs), len(runs), cpu_quota,
+                       measure_encode_s_per_value(last.maps))
 
 
-def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, int],
-                        cpu_quota: float | None, repeats: int = 5, refresh: bool = False) -> DeviceTimes:
-    """Measured once per model, weights, machine, input size and quota; then read back."""
-    key = json.dumps([DEVICE_TIMES_METHOD, model_key, list(input_hw), cpu_quota, platform.node(), platform.machine(),
-                      torch.__version__, torch.get_num_threads()])
-    path = CACHE_DIR / f"{model.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
+                        refresh: bool = False) -> DeviceTimes:
+    """Measured once per model, weights, runtime, machine, input size and quota; then read back."""
+    key = json.dumps([DEVICE_TIMES_METHOD, heads.spec.name, heads.weights_sha256 or "random",
+                      list(heads.input_hw), cpu_quota, platform.node(), platform.machine(), heads.version])
+    path = CACHE_DIR / f"{heads.spec.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if path.is_file() and not refresh:
         try:
             d = json.loads(path.read_text())
@@ -105,7 +93,7 @@ def cached_device_times(model: SplitCNN, model_key: str, input_hw: tuple[int, in
                                float(d["encode_s_per_value"]))
         except (ValueError, KeyError, TypeError):
             log.warning("re-measuring: device-time cache %s is unreadable or from an older version", path)
-    times = measure_device_times(model, input_hw, repeats, cpu_quota=cpu_quota)
+    times = measure_device_times(heads, repeats, cpu_quota=cpu_quota)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "head_s": times.head_s, "full_model_s": times.full_model_s,

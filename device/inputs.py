@@ -6,7 +6,7 @@ from typing import Iterator
 
 import numpy as np
 
-from planner.models import ModelSpec
+from planner.registry import ModelSpec
 
 DATASETS = ("fashion-mnist",)
 
@@ -20,15 +20,15 @@ def dataset_images(name: str, spec: ModelSpec, input_hw: tuple[int, int], limit:
     """(image (C, H, W) uint8, label) from a dataset's test split."""
     if name not in DATASETS:
         raise InputError(f"dataset: expected one of {', '.join(DATASETS)}, got {name!r}")
-    from planner.data import load_fashion_mnist
-    images, labels = load_fashion_mnist("test")              # (N, 1, 28, 28) uint8, (N,)
+    from planner.data import fashion_mnist_arrays
+    images, labels = fashion_mnist_arrays("test")            # (N, 1, 28, 28) uint8, (N,)
     shape = tuple(images.shape[1:])
     if shape != (spec.in_channels, *input_hw):
         raise InputError(f"{name} images are {'x'.join(map(str, shape))}; model {spec.name} expects "
                          f"{spec.in_channels}x{input_hw[0]}x{input_hw[1]}")
     end = len(images) if limit is None else min(len(images), offset + limit)
     for i in range(offset, end):
-        yield images[i].numpy(), int(labels[i])
+        yield images[i], int(labels[i])
 
 
 def file_images(paths: list[str], spec: ModelSpec, input_hw: tuple[int, int]

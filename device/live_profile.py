@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from common import codec
 from device.device_times import DeviceTimes
 from device.link import LinkEstimator
-from planner.models import SplitCNN, partition_shapes
+from device.heads import Heads
 from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
@@ -64,8 +64,7 @@ class ByteRatios:
 @dataclass
 class LiveState:
     model_name: str
-    model: SplitCNN
-    input_hw: tuple[int, int]
+    heads: Heads                         # the device's network, at the input size the cloud serves
     device: DeviceTimes
     server: pb.ModelInfo | None          # the cloud's model info; None until it has answered
     base_top1_error: float | None
@@ -73,20 +72,20 @@ class LiveState:
     bytes: ByteRatios = field(default_factory=ByteRatios)
 
     def profile(self) -> Profile:
-        shapes = partition_shapes(self.model.spec, self.input_hw)
+        heads, (h, w) = self.heads, self.heads.input_hw
         parts = tuple(
-            PartitionProfile(index=p.index, conv_channels=c, after_pooling=p.after_pooling, height=h, width=w,
-                             device_head_s=self.device.head_s[p.index],
+            PartitionProfile(index=p.index, conv_channels=p.channels, after_pooling=p.after_pooling,
+                             height=p.height, width=p.width, device_head_s=self.device.head_s[p.index],
                              cloud_tail_s=self.server.partitions[p.index].cloud_tail_s)
-            for p, (c, h, w) in zip(self.model.partitions, shapes))
-        raw = self.model.spec.in_channels * self.input_hw[0] * self.input_hw[1]
+            for p in heads.partitions)
+        raw = heads.spec.in_channels * h * w
         upload = math.ceil(raw * (self.bytes.image_ratio or 1.0)) + HEADER_BYTES
         b = self.bytes
         codec = tuple(CodecProfile(p, bits, r, b.encode_s.get((p, bits), 0.0), b.decode_s.get((p, bits), 0.0))
                       for (p, bits), r in sorted(b.ratios.items()))
         return Profile(
-            model=self.model_name, dataset=self.model.spec.dataset, num_classes=self.model.num_classes,
-            base_top1_error=self.base_top1_error, input_shape=(self.model.spec.in_channels, *self.input_hw),
+            model=self.model_name, dataset=heads.spec.dataset, num_classes=heads.num_classes,
+            base_top1_error=self.base_top1_error, input_shape=(heads.spec.in_channels, h, w),
             cloud_only_upload_bytes=upload, device_full_model_s=self.device.full_model_s,
             cloud_full_model_s=self.server.cloud_full_model_s, partitions=parts,
             device_hardware=f"{platform.node()} ({platform.machine()})"

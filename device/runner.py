@@ -12,12 +12,10 @@ from typing import Callable, Sequence
 
 import grpc
 import numpy as np
-import torch
 
 from common import codec
 from device.client import CloudClient
-from planner.pruning import select_channels
-from planner.models import SplitCNN
+from device.heads import Heads
 from planner.scheme import DEVICE_ONLY, Mode, Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
@@ -58,9 +56,9 @@ class FrameResult:
 class DeviceRunner:
     """Runs one model on the device under one scheme; the cloud does the rest."""
 
-    def __init__(self, model: SplitCNN, model_name: str, client: CloudClient | None,
+    def __init__(self, heads: Heads, model_name: str, client: CloudClient | None,
                  codec_cfg: codec.CodecConfig = codec.CodecConfig(), artifact=None, use_bank: bool = True):
-        self.model = model
+        self.heads = heads
         self.model_name = model_name
         self.client = client
         self.codec_cfg = codec_cfg
@@ -69,30 +67,29 @@ class DeviceRunner:
         self._warned_unmodified: set[str] = set()
         self._ids = itertools.count()
         self._id_prefix = uuid.uuid4().hex[:12]
-        self._kept: dict[tuple[int, int], np.ndarray] = {}
+        self._artifact_heads: Heads | None = None
         # called with (request, response, round trip s, encode s) for every answered frame
         self.on_answer: Callable[[pb.InferRequest, pb.InferResponse, float, float], None] | None = None
 
     def new_request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
 
-    def network_for(self, scheme: Scheme) -> SplitCNN:
+    def heads_for(self, scheme: Scheme) -> Heads:
         if self.artifact is not None and scheme.is_split:
             if scheme != self.artifact.scheme:
                 raise ValueError(f"--scheme {scheme} differs from the artifact's {self.artifact.scheme}")
-            return self.artifact.model
-        return self.model
+            if self._artifact_heads is None:      # artifacts are torch networks (the torch runtime only)
+                from device.torch_heads import TorchHeads
+                self._artifact_heads = TorchHeads(self.artifact.model)
+            return self._artifact_heads
+        return self.heads
 
     def kept(self, scheme: Scheme) -> np.ndarray | None:
         """Wire channel indices: None (all of the artifact's pruned conv) or the kept subset."""
         if self.artifact is not None:
             return None
-        key = (scheme.partition, scheme.channels)
-        if key not in self._kept:
-            self._kept[key] = np.asarray(select_channels(self.model, *key), dtype=np.uint32)
-        return self._kept[key]
+        return self.heads.kept(scheme.partition, scheme.channels)
 
-    @torch.inference_mode()
     def prepare(self, scheme: Scheme, image: np.ndarray, lossless: bool = False
                 ) -> tuple[pb.InferRequest | None, np.ndarray | None, float, float]:
         """(C, H, W) uint8 image -> (request or None, local logits or None, head_s, encode_s)."""
@@ -101,12 +98,10 @@ class DeviceRunner:
             msg = codec.encode_image(image, self.codec_cfg)
             req = pb.InferRequest(request_id=self.new_request_id(), model=self.model_name, image=msg)
             return req, None, 0.0, time.perf_counter() - t0
-        x = self.model.preprocess(torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0))
         if scheme.mode is Mode.DEVICE_ONLY:
-            logits = self.model(x)[0].numpy()
+            logits = self.heads.logits(image)
             return None, logits, time.perf_counter() - t0, 0.0
-        net = self.network_for(scheme)
-        fm = net.head(x, scheme.partition)[0].numpy()            # (C_p, H_p, W_p) float32
+        fm = self.heads_for(scheme).head(image, scheme.partition)     # (C_p, H_p, W_p) float32
         t1 = time.perf_counter()
         enc = codec.encode_feature_map(fm, scheme.partition, self.kept(scheme),
                                        None if lossless else scheme.bits, self.codec_cfg)

@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES = (
     "planner.search_cli",    # search, frontier
     "planner.profile_cli",   # profile
     "planner.bank_cli",      # bank build
+    "planner.export_cli",    # export
 )
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from planner.models import SplitCNN
+from planner.registry import WeightsMismatch
 from planner.scheme import Scheme, SchemeError
 
 BANK_FORMAT = "coinfer-bank/1"
@@ -45,13 +46,13 @@ class BankError(ValueError):
     """A bank directory or entry that is missing, malformed or does not fit its model."""
 
 
-class BankWeightsMismatch(BankError):
+class BankWeightsMismatch(WeightsMismatch, BankError):
     """A bank built from other weights than the network it would serve with."""
 
     def __init__(self, bank_sha256: str, weights_sha256: str, where: str):
-        super().__init__(f"{where}: bank built from weights sha256 {bank_sha256}, but the network's "
-                         f"weights are sha256 {weights_sha256}; rebuild the bank with `coinfer-plan bank "
-                         f"build` from these weights, or run both sides with the bank's weights")
+        super().__init__(bank_sha256, weights_sha256, where, "bank",
+                         "rebuild the bank with `coinfer-plan bank build` from these weights, or run both "
+                         "sides with the bank's weights")
         self.bank_sha256 = bank_sha256
         self.weights_sha256 = weights_sha256
 

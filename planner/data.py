@@ -13,7 +13,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +62,7 @@ def read_idx_gz(path: str | Path, ndim: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=offset).reshape(dims)
 
 
-def _load_idx_pair(directory: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_idx_pair(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images_name, labels_name, count = SPLITS[split]
     images = read_idx_gz(directory / images_name, 3)   # (N, 28, 28) uint8
     labels = read_idx_gz(directory / labels_name, 1)   # (N,) uint8
@@ -71,9 +70,7 @@ def _load_idx_pair(directory: Path, split: str) -> tuple[torch.Tensor, torch.Ten
         raise DatasetFormatError(
             f"expected {count} images of {IMAGE_HW} and {count} labels for split {split!r} in "
             f"{str(directory)!r}, got images {images.shape} and labels {labels.shape}")
-    x = torch.from_numpy(images.copy()).unsqueeze(1)          # (N, 1, 28, 28) uint8
-    y = torch.from_numpy(labels.astype(np.int64))             # (N,) int64
-    return x, y
+    return images[:, None].copy(), labels.astype(np.int64)    # (N, 1, 28, 28) uint8, (N,) int64
 
 
 def _has_files(directory: Path, split: str) -> bool:
@@ -85,14 +82,15 @@ def _torchvision_raw_dir(cache_dir: Path) -> Path:
     return cache_dir / "FashionMNIST" / "raw"  # where torchvision keeps the downloaded .gz
 
 
-def load_fashion_mnist(split: str, root: str | Path | None = None, *,
-                       download: bool = True, cache_dir: str | Path | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Fashion-MNIST `split` ("train" or "test") as ((N, 1, 28, 28) uint8, (N,) int64).
+def fashion_mnist_arrays(split: str, root: str | Path | None = None, *,
+                         download: bool = True, cache_dir: str | Path | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Fashion-MNIST `split` ("train" or "test") as numpy ((N, 1, 28, 28) uint8, (N,) int64),
+    without torch (the ONNX device reads it so).
 
     `root`: directory with the IDX .gz files (default: Debian's location). `download`:
-    whether torchvision may download into `cache_dir` (default ~/.cache/opt-coinfer) when
-    the files are not under `root` or in the cache already.
+    whether torchvision, when installed, may download into `cache_dir` (default
+    ~/.cache/opt-coinfer) when the files are not under `root` or in the cache already.
     """
     if split not in SPLITS:
         raise ValueError(f"expected split 'train' or 'test', got {split!r}")
@@ -106,8 +104,16 @@ def load_fashion_mnist(split: str, root: str | Path | None = None, *,
         try:
             from torchvision.datasets import FashionMNIST
             FashionMNIST(str(cache), train=(split == "train"), download=True)
-        except Exception as e:  # noqa: BLE001 - network, disk and HTTP errors all mean "unavailable"
+        except Exception as e:  # noqa: BLE001 - no torchvision, network, disk and HTTP errors: "unavailable"
             log.debug("torchvision download of Fashion-MNIST failed: %s", e)
         if _has_files(_torchvision_raw_dir(cache), split):
             return _load_idx_pair(_torchvision_raw_dir(cache), split)
     raise DatasetUnavailable(INSTALL_HINT)
+
+
+def load_fashion_mnist(split: str, root: str | Path | None = None, *,
+                       download: bool = True, cache_dir: str | Path | None = None):
+    """`fashion_mnist_arrays` as torch tensors ((N, 1, 28, 28) uint8, (N,) int64)."""
+    import torch
+    x, y = fashion_mnist_arrays(split, root, download=download, cache_dir=cache_dir)
+    return torch.from_numpy(x), torch.from_numpy(y)

@@ -14,7 +14,7 @@ from torch import nn
 
 from planner.artifact import scheme_spec
 from planner.models import SplitCNN
-from planner.scheme import Scheme, SchemeError
+from planner.scheme import Scheme, kept_channels
 
 
 def channel_importance(model: SplitCNN, partition: int) -> torch.Tensor:
@@ -26,15 +26,16 @@ def channel_importance(model: SplitCNN, partition: int) -> torch.Tensor:
     return gain * conv.weight.detach().abs().sum(dim=(1, 2, 3))
 
 
+def channel_order(model: SplitCNN, partition: int) -> tuple[int, ...]:
+    """Conv P's channels from most to least important (a stable sort: ties keep the lower
+    index, so the order is deterministic); the export carries it to the ONNX device."""
+    imp = channel_importance(model, partition)
+    return tuple(int(i) for i in torch.sort(imp, descending=True, stable=True).indices)
+
+
 def select_channels(model: SplitCNN, partition: int, channels: int) -> tuple[int, ...]:
     """The `channels` most important channels of conv P, ascending original indices."""
-    imp = channel_importance(model, partition)
-    if not 1 <= channels <= imp.numel():
-        raise SchemeError(f"expected channels C in 1..{imp.numel()} for partition {partition} "
-                          f"of {model.spec.name}, got {channels}")
-    # stable sort: ties keep the lower index, so the choice is deterministic
-    order = torch.sort(imp, descending=True, stable=True).indices[:channels]
-    return tuple(sorted(int(i) for i in order))
+    return kept_channels(channel_order(model, partition), channels, partition, model.spec.name)
 
 
 def prune_state_dict(model: SplitCNN, partition: int, keep: Sequence[int]) -> dict[str, torch.Tensor]:

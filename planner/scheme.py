@@ -4,6 +4,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import Sequence
 
 
 class SchemeError(ValueError):
@@ -72,3 +73,12 @@ class Scheme:
 
 DEVICE_ONLY = Scheme(Mode.DEVICE_ONLY)
 CLOUD_ONLY = Scheme(Mode.CLOUD_ONLY)
+
+
+def kept_channels(order: Sequence[int], channels: int, partition: int, model_name: str) -> tuple[int, ...]:
+    """The first `channels` of an importance order (most important first), in ascending
+    original order: both ends derive a scheme's wire channels so from the same order."""
+    if not 1 <= channels <= len(order):
+        raise SchemeError(f"expected channels C in 1..{len(order)} for partition {partition} "
+                          f"of {model_name}, got {channels}")
+    return tuple(sorted(order[:channels]))

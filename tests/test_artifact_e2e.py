@@ -12,6 +12,7 @@ import torch
 from common import codec
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.accuracy_db import AccuracyDB
 from planner.artifact import load_artifact
 from planner.data import load_fashion_mnist
@@ -43,13 +44,13 @@ def test_same_artifact_answers_equal_in_process(artifact_cloud, artifacts):
     with CloudClient(ClientConfig(artifact_cloud.address)) as c:
         info = c.server_info().models[0]
         assert [a.sha256 for a in info.artifacts] == [art.sha256]
-        runner = DeviceRunner(build_model("fmnist-vgg"), "fmnist-vgg", c, artifact=art)
+        runner = DeviceRunner(TorchHeads(build_model("fmnist-vgg")), "fmnist-vgg", c, artifact=art)
         for img in images:
             req = runner.prepare(art.scheme, img)[0]
             assert req.artifact_sha256 == art.sha256 and req.feature_map.channels == art.scheme.channels
             resp, _ = c.infer(req)
             enc = codec.feature_map_from_proto(req.feature_map)
-            _, h, w = runner.network_for(art.scheme).head(torch.zeros(1, 1, 28, 28), 2).shape[1:]
+            _, h, w = runner.heads_for(art.scheme).model.head(torch.zeros(1, 1, 28, 28), 2).shape[1:]
             fm = codec.decode_feature_map(enc, total_channels=art.scheme.channels, height=h, width=w)
             with torch.inference_mode():
                 local = art.model.tail(torch.from_numpy(fm).unsqueeze(0), 2)[0].numpy()
@@ -79,7 +80,7 @@ def test_wrong_bits_for_the_artifact_is_invalid(artifact_cloud, artifacts):
     art = artifacts[0]
     img = load_fashion_mnist("test")[0][0].numpy()
     with CloudClient(ClientConfig(artifact_cloud.address)) as c:
-        req = DeviceRunner(build_model("fmnist-vgg"), "fmnist-vgg", c, artifact=art).prepare(art.scheme, img)[0]
+        req = DeviceRunner(TorchHeads(build_model("fmnist-vgg")), "fmnist-vgg", c, artifact=art).prepare(art.scheme, img)[0]
         fm = art.model.head(art.model.preprocess(torch.from_numpy(img).unsqueeze(0)), 2)[0].detach().numpy()
         req.feature_map.CopyFrom(codec.feature_map_to_proto(codec.encode_feature_map(fm, 2, None, 8)))
         with pytest.raises(grpc.RpcError) as err:

@@ -15,6 +15,7 @@ from common import codec
 from device.app import check_bank_weights
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner, summarize
+from device.torch_heads import TorchHeads
 from planner.accuracy_db import AccuracyDB
 from planner.bank import BankTail, BankWeightsMismatch, load_bank, read_manifest
 from planner.bank_build import BankBuildConfig, bank_recipe, build_bank
@@ -160,7 +161,7 @@ def test_bank_frames_equal_in_process_bank_tail_and_switch_without_loss(bank_clo
     loaded = load_bank(bank_dir / "bank", model, MODEL, read_manifest(bank_dir / "bank").weights_sha256)
     order = [SCHEMES[i % 2] for i in range(len(images[0]))]       # a scheme change between every frame
     with CloudClient(ClientConfig(bank_cloud.address)) as client:
-        runner = DeviceRunner(model, MODEL, client)
+        runner = DeviceRunner(TorchHeads(model), MODEL, client)
         results = []
         for s, img, label in zip(order, *images):
             req, _, _, _ = runner.prepare(s, img)
@@ -185,7 +186,7 @@ def test_bank_frames_equal_in_process_bank_tail_and_switch_without_loss(bank_clo
 def test_missing_scheme_runs_the_unmodified_tail_and_is_reported(bank_cloud, model, images, caplog):
     missing = Scheme.parse("2:8:4")
     with CloudClient(ClientConfig(bank_cloud.address)) as client:
-        runner = DeviceRunner(model, MODEL, client)
+        runner = DeviceRunner(TorchHeads(model), MODEL, client)
         with caplog.at_level(logging.WARNING, logger="device.runner"):
             r = [runner.run(missing, img, int(y)) for img, y in zip(*images)][:3]
         warnings = [m for m in caplog.messages if "2:8:4" in m]
@@ -195,7 +196,7 @@ def test_missing_scheme_runs_the_unmodified_tail_and_is_reported(bank_cloud, mod
         assert summarize(mixed)["tail"] == "mixed"
         assert summarize([runner.run(Scheme.parse("device-only"), images[0][0])])["tail"] is None
         # --tail unmodified: no bank asked for, even for a scheme the bank holds
-        plain = DeviceRunner(model, MODEL, client, use_bank=False)
+        plain = DeviceRunner(TorchHeads(model), MODEL, client, use_bank=False)
         assert plain.run(SCHEMES[0], images[0][0]).tail == "unmodified"
 
 
@@ -209,7 +210,7 @@ def test_missing_scheme_runs_the_unmodified_tail_and_is_reported(bank_cloud, mod
 ])
 def test_bank_scheme_disagreeing_with_the_frame_is_invalid_argument(bank_cloud, model, images, field, mutate):
     with CloudClient(ClientConfig(bank_cloud.address)) as client:
-        req, _, _, _ = DeviceRunner(model, MODEL, client).prepare(SCHEMES[0], images[0][0])
+        req, _, _, _ = DeviceRunner(TorchHeads(model), MODEL, client).prepare(SCHEMES[0], images[0][0])
         mutate(req)
         with pytest.raises(grpc.RpcError) as e:
             client.infer(req)
@@ -238,7 +239,7 @@ def test_shipped_bank_keeps_fixed_schemes_within_003_of_the_unmodified_network(m
     cloud = CloudProcess("--model", MODEL, "--profile-repeats", "0")      # the shipped bank by default
     try:
         with CloudClient(ClientConfig(cloud.address, timeout_s=60)) as client:
-            runner = DeviceRunner(model, MODEL, client)
+            runner = DeviceRunner(TorchHeads(model), MODEL, client)
             base = np.mean([runner.run(Scheme.parse("device-only"), img).top1 == t for img, t in zip(images, labels)])
             for s in (Scheme.parse("1:8:4"), Scheme.parse("3:16:2")):
                 unary = [runner.run(s, img) for img in images]

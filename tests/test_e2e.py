@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from common import codec
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model, partition_shapes
 from planner.scheme import Scheme
@@ -46,7 +47,7 @@ def client(fmnist_cloud):
 @torch.inference_mode()
 def test_split_answers_equal_in_process_computation(client, model, images, scheme):
     s = Scheme.parse(scheme)
-    runner = DeviceRunner(model, "fmnist-vgg", client, use_bank=False)   # the unmodified tail
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", client, use_bank=False)   # the unmodified tail
     for img, label in zip(*images):
         req, _, _, _ = runner.prepare(s, img)
         resp, _ = client.infer(req)
@@ -61,7 +62,7 @@ def test_split_answers_equal_in_process_computation(client, model, images, schem
 
 
 def test_lossless_split_equals_device_only(client, model, images):
-    runner = DeviceRunner(model, "fmnist-vgg", client)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", client)
     for p in range(len(model.partitions)):
         s = Scheme.split(p, model.partitions[p].channels, 8)
         for img in images[0][:6]:
@@ -73,7 +74,7 @@ def test_lossless_split_equals_device_only(client, model, images):
 
 
 def test_device_only_and_cloud_only_agree_on_every_prediction(client, model, images):
-    runner = DeviceRunner(model, "fmnist-vgg", client)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", client)
     for img, label in zip(*images):
         d = runner.run(Scheme.parse("device-only"), img, int(label))
         c = runner.run(Scheme.parse("cloud-only"), img, int(label))
@@ -83,7 +84,7 @@ def test_device_only_and_cloud_only_agree_on_every_prediction(client, model, ima
 
 
 def test_streaming_answers_carry_their_request_ids(client, model, images):
-    runner = DeviceRunner(model, "fmnist-vgg", client)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", client)
     s = Scheme.parse("3:16:4")
     reqs = [runner.prepare(s, img)[0] for img in images[0]]
     unary = {r.request_id: client.infer(r)[0].top1 for r in reqs}
@@ -116,7 +117,7 @@ def test_probe_reports_bytes_and_server_time(client):
 
 
 def _good_request(model, images) -> pb.InferRequest:
-    runner = DeviceRunner(model, "fmnist-vgg", None)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", None)
     req, _, _, _ = runner.prepare(Scheme.parse("1:8:4"), images[0][0])
     return req
 

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -35,7 +36,7 @@ def images():
 
 @pytest.fixture(scope="module")
 def runner():
-    return DeviceRunner(build_model("fmnist-vgg"), "fmnist-vgg", None)
+    return DeviceRunner(TorchHeads(build_model("fmnist-vgg")), "fmnist-vgg", None)
 
 
 @pytest.fixture(scope="module")

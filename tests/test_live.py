@@ -14,6 +14,7 @@ from device.link import LinkEstimator
 from device.live_planner import LivePlanner, runnable_errors
 from device.live_profile import ByteRatios, LiveState
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.accuracy_db import AccuracyDB
 from planner.evaluate import evaluate
 from planner.models import build_model
@@ -59,7 +60,7 @@ def test_link_estimator_smooths_and_ignores_short_transfers():
 
 
 def test_byte_ratios_follow_the_traffic(model):
-    runner = DeviceRunner(model, "fmnist-vgg", None)
+    runner = DeviceRunner(TorchHeads(model), "fmnist-vgg", None)
     from planner.data import load_fashion_mnist
     img = load_fashion_mnist("test")[0][0].numpy()
     ratios = ByteRatios(alpha=1.0)
@@ -74,7 +75,7 @@ def test_byte_ratios_follow_the_traffic(model):
 
 
 def test_device_times_cover_every_partition(model):
-    t = measure_device_times(model, (28, 28), repeats=3)
+    t = measure_device_times(TorchHeads(model), repeats=3)
     assert len(t.head_s) == len(model.partitions)
     assert all(h > 0 for h in t.head_s) and t.full_model_s > 0
     # the head at the last cut is most of the network: never more than the whole
@@ -96,10 +97,10 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
         info = c.server_info().models[0]
     # a device far slower than the cloud (whatever this shared machine measured for the
     # cloud): its head times scaled until the whole net takes 1 s + 100 x the cloud's
-    dev = measure_device_times(model, (28, 28), repeats=3)
+    dev = measure_device_times(TorchHeads(model), repeats=3)
     k = (1.0 + 100 * max(info.cloud_full_model_s, max(p.cloud_tail_s for p in info.partitions))) / dev.full_model_s
     slow = DeviceTimes(tuple(k * h for h in dev.head_s), k * dev.full_model_s, 3, None, k * dev.encode_s_per_value)
-    state = LiveState("fmnist-vgg", model, (28, 28), slow, info, base)
+    state = LiveState("fmnist-vgg", TorchHeads(model), slow, info, base)
     planner = LivePlanner(errors, base, RequirementSpec(RequirementKind.MAX_ACCURACY_LOSS, 1.0), hysteresis=0.25)
     low = planner.plan(state.profile(), 1e-6)         # 1 bit/s: sending anything takes far longer
     assert planner.scheme() == Scheme.parse("device-only"), low
@@ -222,8 +223,8 @@ class _CallLog:
 def _session(cloud_address, model, scheme, probe_interval_s):
     from device.session import LiveSession
     client = CloudClient(ClientConfig(cloud_address))
-    state = LiveState("fmnist-vgg", model, (28, 28), measure_device_times(model, (28, 28), repeats=1), None, None)
-    session = LiveSession(DeviceRunner(model, "fmnist-vgg", client), client, state, None,
+    state = LiveState("fmnist-vgg", TorchHeads(model), measure_device_times(TorchHeads(model), repeats=1), None, None)
+    session = LiveSession(DeviceRunner(TorchHeads(model), "fmnist-vgg", client), client, state, None,
                           fixed=Scheme.parse(scheme), probe_interval_s=probe_interval_s)
     return client, state, session
 

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -45,7 +46,7 @@ def test_cloud_metrics_count_what_the_client_did():
     port = free_port()
     cloud = CloudProcess(*FAST, "--metrics-port", str(port))
     images = load_fashion_mnist("test")[0][:8].numpy()
-    runner = DeviceRunner(build_model("fmnist-vgg"), "fmnist-vgg", None)
+    runner = DeviceRunner(TorchHeads(build_model("fmnist-vgg")), "fmnist-vgg", None)
     reqs = [runner.prepare(Scheme.parse("3:16:4"), img)[0] for img in images]
     try:
         before = scrape(port)

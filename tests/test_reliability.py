@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner
+from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
 from planner.models import build_model
 from planner.scheme import Scheme
@@ -80,7 +81,7 @@ def test_cloud_killed_mid_stream_loses_and_duplicates_no_frame(images, runner_mo
     cloud = CloudProcess(*FAST, "--port", str(port))          # the later --port wins
     results = []
     with CloudClient(ClientConfig(f"127.0.0.1:{port}", timeout_s=2)) as c:
-        runner = DeviceRunner(runner_model, "fmnist-vgg", c)
+        runner = DeviceRunner(TorchHeads(runner_model), "fmnist-vgg", c)
         scheme = Scheme.parse("3:16:4")
         try:
             for i, img in enumerate(images):
@@ -107,7 +108,7 @@ def test_cloud_killed_mid_stream_loses_and_duplicates_no_frame(images, runner_mo
 
 def test_answers_are_idempotent_by_request_id(fmnist_cloud, images, runner_model):
     with CloudClient(ClientConfig(fmnist_cloud.address)) as c:
-        runner = DeviceRunner(runner_model, "fmnist-vgg", c)
+        runner = DeviceRunner(TorchHeads(runner_model), "fmnist-vgg", c)
         req = runner.prepare(Scheme.parse("1:8:4"), images[0])[0]
         first, _ = c.infer(req)
         again, _ = c.infer(req)
@@ -160,7 +161,7 @@ def test_memory_bound_answers_resource_exhausted(images, runner_model):
     cloud = CloudProcess(*FAST, "--max-inflight-bytes", "60000")
     try:
         with CloudClient(ClientConfig(cloud.address)) as c:
-            runner = DeviceRunner(runner_model, "fmnist-vgg", c)
+            runner = DeviceRunner(TorchHeads(runner_model), "fmnist-vgg", c)
             big = runner.prepare(Scheme.parse("0:32:8"), images[0])[0]
             with pytest.raises(grpc.RpcError) as err:
                 c.infer(big)
