@@ -11,7 +11,9 @@ QUOTA ?= 0.1
 RATES ?= 0.5 1 2
 DEMO_RATE ?= 0.05
 
-.PHONY: all venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns clean
+DEVICE_VENV ?= .venv-device
+
+.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating clean
 
 all: test
 
@@ -19,10 +21,19 @@ all: test
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[cloud,device,export,test]'
 	touch $@
 
 venv: $(STAMP)
+
+# the lean device environment, from scratch: `.[device]` without torch (about 200 MB)
+device-venv:
+	rm -rf $(DEVICE_VENV)
+	$(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install -q -U pip
+	$(DEVICE_VENV)/bin/python -m pip install -q '.[device]'
+	@if $(DEVICE_VENV)/bin/python -c 'import torch' 2>/dev/null; then echo "error: torch got installed"; exit 1; fi
+	@echo "$(DEVICE_VENV): $$(du -sm $(DEVICE_VENV) | cut -f1) MB, no torch"
 
 protos: $(STAMP)
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. $(PROTO_SRC)
@@ -61,9 +72,13 @@ bench-load: $(STAMP) data
 bench-link: $(STAMP) data
 	$(PY) -m bench.link --quota $(QUOTA)
 
+# root only: auto over the bank at operating points (quota x shaped uplink), 2,000 images per run
+bench-operating: $(STAMP) data
+	$(PY) -m bench.operating
+
 # root only: TCP goodput over the shaped veth vs the tbf rate, and the CPU quota's slowdown
 bench-netns: $(STAMP) data
 	$(PY) -m bench.netns --quota $(QUOTA)
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEVICE_VENV) build *.egg-info .pytest_cache .hypothesis

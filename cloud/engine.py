@@ -14,9 +14,10 @@ import numpy as np
 import torch
 
 from cloud.errors import (ArtifactMismatchError, BankRequestError, DeadlineExpiredError, MissingInputError,
-                          UnknownPartitionError)
+                          UnknownPartitionError, WeightsMismatchError)
 from cloud.limits import AnswerCache, InflightBudget, check_request, request_digest
 from common import codec
+from common.limits import WEIGHTS_METADATA_KEY
 from common.timing import median_seconds
 from planner.bank import LoadedBank
 from planner.models import SplitCNN, UnknownModelError, partition_shapes
@@ -130,11 +131,20 @@ class Engine:
         self.budget = InflightBudget(max_inflight_bytes, held=lambda: self.answers.nbytes)
 
     def handle(self, req: pb.InferRequest, received_bytes: int,
-               time_remaining_s: float | None = None, caller: str = "") -> pb.InferResponse:
+               time_remaining_s: float | None = None, caller: str = "",
+               device_weights_sha256: str = "") -> pb.InferResponse:
         """Validation, then the answer cache (a hit needs the same request bytes from the same
-        `caller`), then admission (memory bound, deadline) and `infer`."""
+        `caller`), then admission (memory bound, deadline) and `infer`.  A split frame from a
+        head of other weights than served (`device_weights_sha256`, when the device says) is
+        refused: the tail would continue someone else's network."""
         check_request(req)
         served = self.model(req.model)
+        if (device_weights_sha256 and served.weights_sha256 and device_weights_sha256 != served.weights_sha256
+                and req.WhichOneof("input") == "feature_map" and not req.artifact_sha256):
+            raise WeightsMismatchError(
+                f"{WEIGHTS_METADATA_KEY}: the device's head runs weights sha256 {device_weights_sha256}, but this "
+                f"cloud serves {req.model} with weights sha256 {served.weights_sha256}; run both sides with the "
+                "same weights (for an ONNX device: `coinfer-plan export --weights` the cloud's)")
         key = (caller.encode(), req.request_id.encode(),
                request_digest(req.SerializeToString(deterministic=True))) if req.request_id else None
         cached = self.answers.get(key)

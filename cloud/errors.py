@@ -23,6 +23,10 @@ class BankRequestError(CloudError):
     """A request whose bank_scheme disagrees with its feature map or the bank's channels."""
 
 
+class WeightsMismatchError(CloudError):
+    """A device whose head runs other weights than the network this server continues."""
+
+
 class MissingInputError(CloudError):
     """A request with neither a feature map nor an image."""
 
@@ -59,6 +63,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     BankRequestError: grpc.StatusCode.INVALID_ARGUMENT,
     UnknownModelError: grpc.StatusCode.NOT_FOUND,
     ArtifactMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
+    WeightsMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,

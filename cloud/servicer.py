@@ -15,6 +15,7 @@ from typing import AsyncIterator, Callable, TypeVar
 import grpc
 
 from cloud.engine import Engine, probe
+from common.limits import WEIGHTS_METADATA_KEY
 from cloud.errors import OverloadedError, ShuttingDownError, StreamIdleError, detail_for, status_for
 from cloud.limits import Slots
 from cloud.metrics import CloudMetrics
@@ -35,6 +36,14 @@ def caller_of(context) -> str:
         return "cert:" + names[0].decode(errors="replace")
     peer = context.peer() or ""
     return peer.rsplit(":", 1)[0]
+
+
+def device_weights_of(context) -> str:
+    """The sha256 of the device's head weights, when its call says (common.limits)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == WEIGHTS_METADATA_KEY:
+            return value if isinstance(value, str) else value.decode(errors="replace")
+    return ""
 
 
 class CoInferServicer(pb_grpc.CoInferServicer):
@@ -85,12 +94,13 @@ class CoInferServicer(pb_grpc.CoInferServicer):
     async def GetServerInfo(self, request, context):
         return await self._call(context, "GetServerInfo", lambda _: self.engine.server_info())
 
-    def _infer(self, request: pb.InferRequest, context, method: str, caller: str):
-        return self._call(context, method, lambda left: self.engine.handle(request, request.ByteSize(), left, caller),
+    def _infer(self, request: pb.InferRequest, context, method: str, caller: str, weights: str):
+        return self._call(context, method,
+                          lambda left: self.engine.handle(request, request.ByteSize(), left, caller, weights),
                           request.request_id, request.ByteSize())
 
     async def Infer(self, request, context):
-        return await self._infer(request, context, "Infer", caller_of(context))
+        return await self._infer(request, context, "Infer", caller_of(context), device_weights_of(context))
 
     async def InferStream(self, request_iterator, context) -> AsyncIterator[pb.InferResponse]:
         """Frames are answered one at a time, in order; waiting for a frame holds no thread."""
@@ -100,7 +110,7 @@ class CoInferServicer(pb_grpc.CoInferServicer):
             self.metrics.observe("InferStream", status_for(e).name, 0.0)
             await self._refuse(context, "InferStream", "", e)
         try:
-            caller, frames = caller_of(context), request_iterator.__aiter__()
+            caller, weights, frames = caller_of(context), device_weights_of(context), request_iterator.__aiter__()
             while True:
                 try:
                     async with asyncio.timeout(self.stream_idle_s):
@@ -111,7 +121,7 @@ class CoInferServicer(pb_grpc.CoInferServicer):
                     e = StreamIdleError(f"stream sent no frame for {self.stream_idle_s:g} s; open a new one")
                     self.metrics.observe("InferStream", status_for(e).name, 0.0)
                     await self._refuse(context, "InferStream", "", e)
-                yield await self._infer(request, context, "InferStream", caller)
+                yield await self._infer(request, context, "InferStream", caller, weights)
         finally:
             self.streams.release()
 

@@ -69,9 +69,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", metavar="FILE", help="file with the bearer token for the cloud")
     p.add_argument("--threads", type=int, default=_D.threads,
                    help="intra-op threads of the runtime on the device (default 1, as on a small device)")
-    p.add_argument("--runtime", choices=[r.value for r in Runtime], default=_D.runtime.value,
-                   help="what runs the network: torch, or onnx (ONNX Runtime on a `coinfer-plan export` "
-                        "directory, --export; torch is never imported)")
+    p.add_argument("--runtime", choices=[r.value for r in Runtime], default=None,
+                   help="what runs the network: torch (the default where it is installed) or onnx (ONNX Runtime "
+                        "on a `coinfer-plan export` directory, --export; torch is never imported)")
     p.add_argument("--export", metavar="DIR", help="--runtime onnx: the directory `coinfer-plan export` wrote")
     p.add_argument("--json", action="store_true",
                    help="one JSON line per image, then the summary as the last line")
@@ -92,7 +92,8 @@ def config_of(args: argparse.Namespace) -> DeviceConfig:
         hysteresis=args.hysteresis, probe_interval_s=args.probe_interval_s, profile_out=args.profile_out,
         cpu_quota=args.cpu_quota, zstd_level=args.zstd_level, timeout_s=args.timeout_s, tls_ca=args.tls_ca,
         tls_cert=args.tls_cert, tls_key=args.tls_key, token_file=args.token_file, threads=args.threads,
-        lossless=getattr(args, "lossless", False), runtime=Runtime(args.runtime), export=args.export)
+        lossless=getattr(args, "lossless", False), runtime=Runtime(args.runtime) if args.runtime else None,
+        export=args.export)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import grpc
 
 from common import codec
 from device.client import ClientConfig, CloudClient
-from device.heads import Heads, Runtime, load_heads
+from device.heads import Heads, Runtime, default_runtime, load_heads
 from device.inputs import InputError
 from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
 from planner.registry import WeightsMismatch
@@ -54,7 +54,7 @@ class DeviceConfig:
     token_file: str | None = None        # file with the bearer token
     threads: int = 1                     # intra-op threads of the runtime (1, as on a small device)
     lossless: bool = False               # send float32 maps (reference mode; ignores B)
-    runtime: Runtime = Runtime.TORCH     # what runs the network: torch, or ONNX Runtime on an export
+    runtime: Runtime | None = None       # torch, or ONNX Runtime on an export; None: torch where installed
     export: str | None = None            # onnx: the `coinfer-plan export` directory
 
     @property
@@ -112,13 +112,14 @@ class Device:
             from device.cpu_quota import require_cpu_quota
             require_cpu_quota()
         self.scheme = None if cfg.auto else Scheme.parse(cfg.scheme)
+        self.runtime = cfg.runtime or default_runtime()
         self.artifact = None
         if cfg.artifact:
-            if cfg.runtime is not Runtime.TORCH:
+            if self.runtime is not Runtime.TORCH:
                 raise InputError("--artifact holds a torch network: it needs --runtime torch")
             from planner.artifact import load_artifact
             self.artifact = load_artifact(cfg.artifact)
-        self.heads = load_heads(cfg.runtime, cfg.model, weights=cfg.weights, num_classes=cfg.num_classes,
+        self.heads = load_heads(self.runtime, cfg.model, weights=cfg.weights, num_classes=cfg.num_classes,
                                 export=cfg.export, threads=cfg.threads)
         needs_cloud = self.scheme != DEVICE_ONLY
         if needs_cloud and not cfg.cloud:
@@ -126,11 +127,12 @@ class Device:
         if needs_cloud:
             self.client = CloudClient(ClientConfig(cfg.cloud, timeout_s=cfg.timeout_s, tls_ca=cfg.tls_ca,
                                                    tls_cert=cfg.tls_cert, tls_key=cfg.tls_key,
-                                                   token_file=cfg.token_file))
+                                                   token_file=cfg.token_file,
+                                                   weights_sha256=self.heads.weights_sha256))
             self.client.check_tls()      # a TLS failure is an error before any frame, not an outage
             self.info = fetch_model_info(self.client, cfg.model)     # None while the cloud is unreachable
-            if self.artifact is None and (cfg.tail is TailChoice.BANK or cfg.runtime is Runtime.ONNX):
-                check_weights(self.info, self.heads, cfg.runtime)
+            if self.artifact is None and (cfg.tail is TailChoice.BANK or self.runtime is Runtime.ONNX):
+                check_weights(self.info, self.heads, self.runtime)
         self.runner = DeviceRunner(self.heads, cfg.model, self.client, codec.CodecConfig(cfg.zstd_level),
                                    self.artifact, use_bank=cfg.tail is TailChoice.BANK)
         if cfg.cpu_quota is not None:   # after imports and model loading, before profiling

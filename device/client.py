@@ -12,7 +12,7 @@ from typing import Iterable, Iterator
 import grpc
 
 from common.credentials import SecurityConfigError, is_loopback, read_pem, read_token, split_host_port
-from common.limits import MAX_MESSAGE_BYTES
+from common.limits import MAX_MESSAGE_BYTES, WEIGHTS_METADATA_KEY
 from protos.coinfer.v1 import coinfer_pb2 as pb
 from protos.coinfer.v1 import coinfer_pb2_grpc as pb_grpc
 
@@ -36,6 +36,7 @@ class ClientConfig:
     tls_key: str | None = None           # PEM private key of tls_cert
     token_file: str | None = None        # file holding the bearer token sent with every call
     reconnect_backoff_max_s: float = 2.0  # cap on reconnect backoff, so a restarted cloud is found soon
+    weights_sha256: str = ""             # of the device's head weights, sent with every call ("": not sent)
 
 
 # Keepalive pings every 20 s, calls or not (the cloud accepts one per 10 s): a connection
@@ -70,6 +71,8 @@ class CloudClient:
                 ("grpc.min_reconnect_backoff_ms", min(200, backoff_ms)),
                 ("grpc.max_reconnect_backoff_ms", backoff_ms), *KEEPALIVE_OPTIONS]
         self.metadata = (("authorization", f"Bearer {read_token(cfg.token_file)}"),) if cfg.token_file else ()
+        if cfg.weights_sha256:
+            self.metadata += ((WEIGHTS_METADATA_KEY, cfg.weights_sha256),)
         if bool(cfg.tls_cert) != bool(cfg.tls_key):
             raise SecurityConfigError("--tls-cert and --tls-key must be given together")
         if cfg.tls_cert and not cfg.tls_ca:

@@ -6,6 +6,7 @@ torch.  Nothing here imports either: the runtime chosen is the only one loaded."
 from __future__ import annotations
 
 import enum
+import importlib.util
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,15 +79,29 @@ class Heads:
         return self._kept[key]
 
 
-def load_heads(runtime: Runtime, model: str, *, weights: str | None = None, num_classes: int | None = None,
+def torch_installed() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except ImportError:          # an import hook that refuses it
+        return False
+
+
+def default_runtime() -> Runtime:
+    """torch where it is installed (the full environment), else ONNX Runtime (`.[device]`)."""
+    return Runtime.TORCH if torch_installed() else Runtime.ONNX
+
+
+def load_heads(runtime: Runtime | None, model: str, *, weights: str | None = None, num_classes: int | None = None,
                export: str | None = None, threads: int = 1) -> Heads:
     """The device's network on `runtime`: torch from the registry (and `weights`), onnx from
-    the `export` directory, which must be of `model`."""
+    the `export` directory, which must be of `model`; None: `default_runtime()`."""
+    runtime = runtime or default_runtime()
     if runtime is Runtime.ONNX:
         from device.onnx_heads import OnnxHeads
         if export is None:
-            raise ValueError("--runtime onnx needs --export DIR, written by `coinfer-plan export --model "
-                             f"{model} --out DIR`")
+            why = "" if torch_installed() else "torch is not installed here, so "
+            raise ValueError(f"{why}--runtime onnx needs --export DIR, written by `coinfer-plan export --model "
+                             f"{model} --out DIR` where torch is installed")
         if weights is not None or num_classes is not None:
             raise ValueError("--runtime onnx takes the weights from --export; drop --weights/--num-classes "
                              "(export them with `coinfer-plan export --weights FILE`)")

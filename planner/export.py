@@ -18,7 +18,6 @@ of every graph file.  Exporting needs torch, `onnx` and `onnxscript` (`pip insta
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import json
 import logging
@@ -68,21 +67,19 @@ class ExportResult:
     bytes: int
 
 
-def _onnx_bytes(module: nn.Module, example: torch.Tensor) -> bytes:
-    """One graph, batch 1, static shapes, input `x`, output `y`."""
-    try:
-        import onnx  # noqa: F401 - the exporter needs it; say so here rather than deep inside torch
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ExportError(f"exporting needs the onnx and onnxscript packages ({e.name} is missing): "
-                          "pip install 'opt-coinfer[export]'") from e
+def _write_onnx(module: nn.Module, example: torch.Tensor, path: Path) -> int:
+    """One graph, batch 1, static shapes, input `x`, output `y`, written to `path`; its size."""
+    import importlib.util
+    missing = [m for m in ("onnx", "onnxscript") if importlib.util.find_spec(m) is None]
+    if missing:      # the exporter needs both; say so here rather than deep inside torch
+        raise ExportError(f"exporting needs the onnx and onnxscript packages ({', '.join(missing)} missing): "
+                          "pip install 'opt-coinfer[export]'")
     for name in ("onnx_ir", "onnxscript", "torch.onnx"):     # their INFO lines are not ours to show
         logging.getLogger(name).setLevel(logging.WARNING)
-    buf = io.BytesIO()
     with contextlib.redirect_stdout(io.StringIO()):          # the exporter prints its steps on stdout
-        torch.onnx.export(module, (example,), buf, input_names=["x"], output_names=["y"], opset_version=OPSET,
-                          dynamo=True, external_data=False, verbose=False)
-    return buf.getvalue()
+        torch.onnx.export(module, (example,), str(path), input_names=["x"], output_names=["y"],
+                          opset_version=OPSET, dynamo=True, external_data=False, verbose=False)
+    return path.stat().st_size
 
 
 def export_model(model_name: str, out: str | os.PathLike, weights: str | None = None,
@@ -104,10 +101,8 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
         for k, (start, end) in enumerate(bounds):
             name = "classifier.onnx" if end is None else f"segment-{k:02d}.onnx"
             seg = _Segment(model, start, end).eval()
-            data = _onnx_bytes(seg, x)
-            (out / name).write_bytes(data)
-            files[name] = hashlib.sha256(data).hexdigest()
-            total += len(data)
+            total += _write_onnx(seg, x, out / name)
+            files[name] = file_sha256(out / name)
             if end is not None:
                 segments.append({"file": name, "to_partition": k})
             x = seg(x)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+from types import SimpleNamespace
 import sys
 
 import grpc
@@ -12,12 +13,14 @@ import pytest
 import torch
 
 from common import codec
-from device.app import check_bank_weights
+from device.app import check_weights
+from device.heads import Runtime
 from device.client import ClientConfig, CloudClient
 from device.runner import DeviceRunner, summarize
 from device.torch_heads import TorchHeads
 from planner.accuracy_db import AccuracyDB
 from planner.bank import BankTail, BankWeightsMismatch, load_bank, read_manifest
+from planner.registry import WeightsMismatch
 from planner.bank_build import BankBuildConfig, bank_recipe, build_bank
 from planner.data import load_fashion_mnist
 from planner.models import build_model, default_weights_path, file_sha256, get_spec, partition_shapes
@@ -126,10 +129,10 @@ def test_weights_mismatch_is_refused_with_both_hashes(bank_dir, model, tmp_path)
     assert r.returncode == 2 and bank_sha in r.stderr and other_sha in r.stderr, r.stderr
     # the device refuses a cloud whose bank differs from its weights, naming both
     info = pb.ModelInfo(name=MODEL, weights_sha256=bank_sha, bank=[pb.BankScheme(scheme="1:8:4")])
-    with pytest.raises(BankWeightsMismatch) as e:
-        check_bank_weights(info, other_sha)
+    with pytest.raises(WeightsMismatch) as e:
+        check_weights(info, SimpleNamespace(weights_sha256=other_sha), Runtime.TORCH)
     assert bank_sha in str(e.value) and other_sha in str(e.value)
-    check_bank_weights(info, bank_sha)            # same weights: accepted
+    check_weights(info, SimpleNamespace(weights_sha256=bank_sha), Runtime.TORCH)   # same weights: accepted
 
 
 def test_device_cli_refuses_a_bank_of_other_weights(bank_cloud, model, tmp_path):
