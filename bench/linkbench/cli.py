@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", type=_hw, metavar="HxW", help="input size (cloud; default the model's)")
     p.add_argument("--weights", help="state dict for both sides (default: the shipped one)")
     p.add_argument("--num-classes", type=int, help="classifier width on both sides")
+    p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
+                   help="device runtime: torch, or onnx on --export (then --weights/--num-classes are the "
+                        "cloud's only: export the same ones)")
+    p.add_argument("--export", metavar="DIR", help="--runtime onnx: a `coinfer-plan export` of the cloud's model")
     p.add_argument("--images", nargs="+", metavar="IMAGE",
                    help="image files (default: Fashion-MNIST for fmnist-vgg, else generated timing images)")
     p.add_argument("--db", help="auto: accuracy database")
@@ -78,7 +82,8 @@ def config_from_args(args: argparse.Namespace, work: Path) -> LinkBenchConfig:
         model=args.model, rates_mbps=tuple(args.rates), quota=args.quota or None, schemes=tuple(args.schemes),
         limit=args.limit, input_size=args.input_size, weights=args.weights, num_classes=args.num_classes,
         db=args.db, recipe=args.recipe, dataset_name=args.dataset_name, requirement=requirement,
-        rate_change=args.rate_change, images=images, synthetic_images=synthetic)
+        rate_change=args.rate_change, images=images, synthetic_images=synthetic, runtime=args.runtime,
+        export=args.export)
 
 
 def main(argv: list[str] | None = None) -> int:

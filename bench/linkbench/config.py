@@ -40,6 +40,13 @@ class LinkBenchConfig:
     synthetic_images: bool = False                      # images are generated, timing/bytes only
     cloud_profile_repeats: int = 3                      # cloud tail timing repeats at start-up
     cloud_threads: int = 1                              # cloud torch intra-op threads
+    runtime: str = "torch"                              # device runtime: torch, or onnx (ONNX Runtime on `export`)
+    export: str | None = None                           # onnx: the `coinfer-plan export` directory of the model
+
+    @property
+    def label(self) -> str:
+        """The run's name in file names and tables: the model, with `-onnx` for the ONNX device."""
+        return self.model if self.runtime == "torch" else f"{self.model}-{self.runtime}"
 
     def all_schemes(self) -> list[str]:
         out = [AUTO, *SINGLE_END]
@@ -67,10 +74,16 @@ def device_common(cfg: LinkBenchConfig, cloud: str, scheme: str) -> list[str]:
     argv = ["--cloud", cloud, "--model", cfg.model, "--scheme", scheme, "--json"]
     if cfg.quota:
         argv += ["--cpu-quota", f"{cfg.quota:g}"]
-    if cfg.weights:
-        argv += ["--weights", cfg.weights]
-    if cfg.num_classes:
-        argv += ["--num-classes", str(cfg.num_classes)]
+    argv += ["--runtime", cfg.runtime]     # always named: the device's default may depend on what is installed
+    if cfg.runtime != "torch":     # the export carries the weights and class count; the device refuses them
+        if not cfg.export:
+            raise BenchError(f"runtime {cfg.runtime} needs the export directory (LinkBenchConfig.export)")
+        argv += ["--export", cfg.export]
+    else:
+        if cfg.weights:
+            argv += ["--weights", cfg.weights]
+        if cfg.num_classes:
+            argv += ["--num-classes", str(cfg.num_classes)]
     if scheme == AUTO:
         argv += [*cfg.requirement]
         if cfg.recipe:

@@ -1,10 +1,11 @@
-"""The link bench's result as markdown: one table per rate, the rate change in a sentence."""
+"""The link bench's result as markdown: one table per rate, the rate change in a sentence, and
+the ONNX device beside the torch one (the same model and rates, measured in the same run)."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from bench.linkbench.config import AUTO, FOLLOW_TIMEOUT_S
+from bench.linkbench.config import AUTO, FOLLOW_TIMEOUT_S, SINGLE_END
 
 
 def table_lines(rate: dict) -> list[str]:
@@ -47,12 +48,48 @@ def rate_change_lines(rc: dict) -> list[str]:
 
 def markdown(result: dict) -> list[str]:
     cfg = result["config"]
-    lines = [f"### {result['model']} (device CPU quota {cfg['quota'] or 'none'}, {cfg['limit']} images per scheme"
+    runtime = result.get("runtime", "torch")     # results written before the ONNX device have none
+    label = result.get("label", result["model"])
+    lines = [f"### {result['model']}, {runtime} device (device CPU quota {cfg['quota'] or 'none'}, "
+             f"{cfg['limit']} images per scheme"
              + (", synthetic images: timing and bytes only" if cfg["synthetic_images"] else "") + ")", ""]
     for r in result["rates"]:
         lines += [f"#### {r['rate_mbps']:g} Mbps", "", *table_lines(r), ""]
         if r.get("png"):
-            lines += [f"![{result['model']} at {r['rate_mbps']:g} Mbps]({Path(r['png']).name})", ""]
+            lines += [f"![{label} at {r['rate_mbps']:g} Mbps]({Path(r['png']).name})", ""]
     if result["rate_change"]:
         lines += ["#### Rate change during auto", "", *rate_change_lines(result["rate_change"]), ""]
     return lines
+
+
+def _row(rate: dict, scheme: str) -> dict | None:
+    return next((r for r in rate["rows"] if r["scheme"] == scheme), None)
+
+
+def _ratio(a: dict | None, b: dict | None) -> str:
+    return "-" if a is None or b is None else f"{a['measured_mean_s'] / b['measured_mean_s']:.3f}"
+
+
+def runtime_comparison_lines(results: list[dict]) -> list[str]:
+    """One row per model and rate run on both device runtimes: each live choice, auto's mean
+    latency on each, and onnx / torch of the mean for auto and both single ends."""
+    by = {(r["model"], r.get("runtime", "torch")): r for r in results}
+    rows = []
+    for (model, runtime), torch_res in by.items():
+        onnx_res = by.get((model, "onnx"))
+        if runtime != "torch" or onnx_res is None:
+            continue
+        onnx_rates = {r["rate_mbps"]: r for r in onnx_res["rates"]}
+        for t in torch_res["rates"]:
+            o = onnx_rates.get(t["rate_mbps"])
+            if o is None:
+                continue
+            ta, oa = _row(t, AUTO), _row(o, AUTO)
+            rows.append(f"| {model} | {t['rate_mbps']:g} | {t['live_choice']} | {o['live_choice']} | "
+                        f"{ta['measured_mean_s']:.4f} | {oa['measured_mean_s']:.4f} | {_ratio(oa, ta)} | "
+                        + " | ".join(_ratio(_row(o, s), _row(t, s)) for s in SINGLE_END) + " |")
+    if not rows:
+        return []
+    return ["| model | tc Mbps | live choice, torch | live choice, onnx | auto mean s, torch | auto mean s, onnx | "
+            "auto onnx / torch | " + " | ".join(f"{s} onnx / torch" for s in SINGLE_END) + " |",
+            "|---|---:|---|---|---:|---:|---:|" + "---:|" * len(SINGLE_END), *rows]

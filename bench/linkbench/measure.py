@@ -34,7 +34,7 @@ def measure_rate(cfg: LinkBenchConfig, rate_mbps: float, workdir: Path, progress
         cloud = CloudDaemon(cloud_args(cfg), host=link.cloud_addr, prefix=link.exec_prefix(link.cloud_ns))
         try:
             cloud.start()
-            profile_path = workdir / f"profile-{cfg.model}-{rate_mbps:g}.json"
+            profile_path = workdir / f"profile-{cfg.label}-{rate_mbps:g}.json"
             runs: dict[str, tuple[list[dict], dict]] = {}
             for scheme in cfg.all_schemes():
                 t0 = time.perf_counter()
@@ -74,19 +74,20 @@ def run_link_bench(cfg: LinkBenchConfig, out_dir: Path | None, progress=print) -
     """All rates (and the rate change); writes JSON, PNGs and markdown under out_dir."""
     cleanup_stale()
     work = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-"))
-    result: dict = {"model": cfg.model, "config": dataclasses.asdict(cfg), "rates": [], "rate_change": None}
+    result: dict = {"model": cfg.model, "runtime": cfg.runtime, "label": cfg.label, "config": dataclasses.asdict(cfg),
+                    "rates": [], "rate_change": None}
     try:
         for rate in cfg.rates_mbps:
-            progress(f"{cfg.model} at {rate:g} Mbps")
+            progress(f"{cfg.label} at {rate:g} Mbps")
             r = measure_rate(cfg, rate, work, progress)
             if out_dir is not None and r["profile"]:
                 out_dir.mkdir(parents=True, exist_ok=True)
-                dst = out_dir / f"{cfg.model}-{rate:g}mbps.profile.json"
+                dst = out_dir / f"{cfg.label}-{rate:g}mbps.profile.json"
                 shutil.copy(r["profile"], dst)
                 r["profile"] = str(dst)
             result["rates"].append(r)
         if cfg.rate_change:
-            progress(f"{cfg.model}: rate change {cfg.rate_change[0]:g} -> {cfg.rate_change[1]:g} Mbps during auto")
+            progress(f"{cfg.label}: rate change {cfg.rate_change[0]:g} -> {cfg.rate_change[1]:g} Mbps during auto")
             result["rate_change"] = follow_rate_change(cfg, *cfg.rate_change, progress=progress) | {
                 "requirement": list(cfg.requirement)}
     finally:
@@ -98,7 +99,7 @@ def run_link_bench(cfg: LinkBenchConfig, out_dir: Path | None, progress=print) -
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         for r in result["rates"]:
-            r["png"] = str(plot_rate(r, cfg.model, out_dir / f"{cfg.model}-{r['rate_mbps']:g}mbps.png"))
-        (out_dir / f"{cfg.model}.json").write_text(json.dumps(result, indent=1))
-        (out_dir / f"{cfg.model}.md").write_text("\n".join(markdown(result)) + "\n")
+            r["png"] = str(plot_rate(r, cfg.label, out_dir / f"{cfg.label}-{r['rate_mbps']:g}mbps.png"))
+        (out_dir / f"{cfg.label}.json").write_text(json.dumps(result, indent=1))
+        (out_dir / f"{cfg.label}.md").write_text("\n".join(markdown(result)) + "\n")
     return result
