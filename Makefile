@@ -68,6 +68,12 @@ bench-bank: $(STAMP) data
 bench-load: $(STAMP) data
 	$(PY) -m bench.load
 
+# torch and ONNX Runtime devices side by side; exports need onnx + onnxscript, and it builds
+# the lean device venv with pip (or give DEVICE_VENV=DIR)
+.PHONY: bench-device
+bench-device: $(STAMP) data
+	$(PY) -m bench.device_runtime $(if $(DEVICE_VENV),--device-venv $(DEVICE_VENV))
+
 # root only: namespaces + tc for the links, a cgroup quota for the device
 bench-link: $(STAMP) data
 	$(PY) -m bench.link --quota $(QUOTA)
