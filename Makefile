@@ -68,11 +68,10 @@ bench-bank: $(STAMP) data
 bench-load: $(STAMP) data
 	$(PY) -m bench.load
 
-# torch and ONNX Runtime devices side by side; exports need onnx + onnxscript, and it builds
-# the lean device venv with pip (or give DEVICE_VENV=DIR)
+# torch and ONNX Runtime devices side by side, and the lean device venv built from scratch
 .PHONY: bench-device
-bench-device: $(STAMP) data
-	$(PY) -m bench.device_runtime $(if $(DEVICE_VENV),--device-venv $(DEVICE_VENV))
+bench-device: $(STAMP) data device-venv
+	$(PY) -m bench.device_runtime --device-venv $(DEVICE_VENV)
 
 # root only: namespaces + tc for the links, a cgroup quota for the device
 bench-link: $(STAMP) data
