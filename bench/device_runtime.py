@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     vgg_schemes = [Scheme.parse(s) for s in args.vgg_schemes.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-device-") as tmp_name:
         tmp = Path(tmp_name)
-        venv = Path(args.device_venv) if args.device_venv else tmp / "device-venv"
+        venv = Path(args.device_venv).resolve() if args.device_venv else tmp / "device-venv"
         t0 = time.perf_counter()
         if not args.device_venv:                 # first: a failed install costs nothing else
             build_lean_venv(venv)
