@@ -226,3 +226,18 @@ def test_a_cloud_that_stops_answering_passes_the_deadline_and_each_frame_runs_on
     assert got[0][0].fallback is None
     assert all(r.fallback and "DEADLINE_EXCEEDED" in r.fallback and r.scheme == "device-only" for r, _ in got[1:])
     assert len({r.request_id for r, _ in got}) == 7
+
+
+def test_plan_search_objective_throughput_reports_the_stream(capsys):
+    from planner.__main__ import main
+    from tests.planner_fixtures import SEED_PROFILE, seed_path
+    prof, acc = seed_path(SEED_PROFILE), seed_path("accuracy_search.txt")
+    rc = main(["search", "--profile", str(prof), "--db", str(acc), "--space", "db", "--bandwidth-mbps", "0.5",
+               "--accuracy-loss", "0.05", "--strategy", "exhaustive", "--objective", "throughput",
+               "--pipeline-depth", "4", "--json"])
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and out["cost"] == "throughput" and out["pipeline_depth"] == 4
+    assert out["predicted_latency_s"] == pytest.approx(max(out["stages_s"]["device"], out["stages_s"]["uplink"],
+                                                           out["stages_s"]["cloud"]))
+    assert out["predicted_fps"] == pytest.approx(1 / out["predicted_latency_s"])
+    assert sum(out["stages_s"].values()) == pytest.approx(out["predicted_frame_latency_s"])
