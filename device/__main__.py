@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 
 import grpc
 
@@ -18,6 +19,7 @@ from device.cpu_quota import QuotaUnavailable
 from device.inputs import (DATASETS, InputError, dataset_images, dataset_stream, file_images, stdin_images,
                            watch_images)
 from device.runner import FrameResult, summarize
+from planner.latency import Cost
 from planner.registry import WeightsError, model_names
 from planner.requirement import RequirementSpec
 from planner.scheme import SchemeError
@@ -73,6 +75,13 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="what runs the network: torch (the default where it is installed) or onnx (ONNX Runtime "
                         "on a `coinfer-plan export` directory, --export; torch is never imported)")
     p.add_argument("--export", metavar="DIR", help="--runtime onnx: the directory `coinfer-plan export` wrote")
+    p.add_argument("--pipeline-depth", type=int, default=_D.pipeline_depth, metavar="K",
+                   help="up to K frames in flight over one stream: the head of the next frame runs while "
+                        "earlier ones are on the link and in the cloud; answers in frame order (default 1: "
+                        "one call a frame)")
+    p.add_argument("--objective", choices=[c.value for c in Cost], default=_D.objective.value,
+                   help="auto: plan for a frame's latency (default) or the stream's frame rate at "
+                        "--pipeline-depth (its slowest stage); a latency bound then bounds the frame period")
     p.add_argument("--json", action="store_true",
                    help="one JSON line per image, then the summary as the last line")
     p.add_argument("--quiet", action="store_true", help="summary only")
@@ -93,7 +102,7 @@ def config_of(args: argparse.Namespace) -> DeviceConfig:
         cpu_quota=args.cpu_quota, zstd_level=args.zstd_level, timeout_s=args.timeout_s, tls_ca=args.tls_ca,
         tls_cert=args.tls_cert, tls_key=args.tls_key, token_file=args.token_file, threads=args.threads,
         lossless=getattr(args, "lossless", False), runtime=Runtime(args.runtime) if args.runtime else None,
-        export=args.export)
+        export=args.export, pipeline_depth=args.pipeline_depth, objective=Cost(args.objective))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -138,20 +147,29 @@ def print_frame(i: int, r: FrameResult, as_json: bool, extra: dict | None = None
 
 
 def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event | None = None,
-            interval_s: float = 0.0) -> list[FrameResult]:
+            interval_s: float = 0.0) -> tuple[list[FrameResult], float]:
+    """Every frame's result, in order, and the wall seconds from the first frame's start to the
+    last answer.  On `stop` no new frame starts; those in flight are still answered."""
+    started: list[float] = []
+
+    def source():
+        for i, item in enumerate(frames):
+            if i and stop is not None and (stop.is_set() or (interval_s and stop.wait(interval_s))):
+                return
+            if not started:
+                started.append(time.perf_counter())
+            yield item
+
     results = []
-    for i, (image, label) in enumerate(frames):
-        r, extra = dev.frame(image, label)
+    for i, (r, extra) in enumerate(dev.frames(source())):
         results.append(r)
         if not args.quiet:
             print_frame(i, r, args.json, extra)
-        if stop is not None and (stop.is_set() or (interval_s and stop.wait(interval_s))):
-            break
-    return results
+    return results, (time.perf_counter() - started[0]) if started else 0.0
 
 
-def print_summary(dev: Device, results: list[FrameResult], as_json: bool) -> None:
-    summary = summarize(results)
+def print_summary(dev: Device, results: list[FrameResult], as_json: bool, wall_s: float | None = None) -> None:
+    summary = summarize(results, wall_s)
     if dev.session is not None:
         link = dev.session.state.link
         summary.update(bandwidth_mbps=link.bandwidth_mbps, link_rtt_s=link.rtt_s, plans=dev.session.planner.plans)
@@ -165,7 +183,8 @@ def print_summary(dev: Device, results: list[FrameResult], as_json: bool) -> Non
     print(f"{summary['images']} images, scheme {summary['scheme']} {summary['scheme_counts']}, "
           f"top-1 {'n/a' if acc is None else f'{acc:.4f}'}, latency p50 {lat['p50']:.5f} s "
           f"p90 {lat['p90']:.5f} s, {summary['wire_bytes_mean']:.0f} bytes sent per image, "
-          f"{summary['fallbacks']} fallbacks" + (f", tail {summary['tail']}" if summary["tail"] else ""))
+          f"{summary['fallbacks']} fallbacks" + (f", tail {summary['tail']}" if summary["tail"] else "")
+          + (f", {summary['throughput_fps']:.2f} frames/s" if summary["throughput_fps"] else ""))
 
 
 def run_infer(args: argparse.Namespace) -> int:
@@ -176,10 +195,10 @@ def run_infer(args: argparse.Namespace) -> int:
         hw = dev.input_hw
         frames = (dataset_images(args.dataset, dev.heads.spec, hw, args.limit, args.offset) if args.dataset
                   else file_images(args.images, dev.heads.spec, hw))
-        results = process(dev, frames, args)
+        results, wall_s = process(dev, frames, args)
     finally:
         dev.close()
-    print_summary(dev, results, args.json)
+    print_summary(dev, results, args.json, wall_s)
     return 0
 
 
@@ -199,10 +218,10 @@ def run_daemon(args: argparse.Namespace) -> int:
         frames = sources[next(k for k in sources if getattr(args, k))]()
         if args.limit is not None:
             frames = itertools.islice(frames, args.limit)
-        results = process(dev, frames, args, stop, args.interval_s)
+        results, wall_s = process(dev, frames, args, stop, args.interval_s)
     finally:
         dev.close()
-    print_summary(dev, results, args.json)
+    print_summary(dev, results, args.json, wall_s)
     return 0
 
 

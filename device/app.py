@@ -5,14 +5,17 @@ from __future__ import annotations
 import enum
 import logging
 from dataclasses import dataclass, field
+from typing import Iterable, Iterator
 
 import grpc
+import numpy as np
 
 from common import codec
 from device.client import ClientConfig, CloudClient
 from device.heads import Heads, Runtime, default_runtime, load_heads
 from device.inputs import InputError
 from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
+from planner.latency import Cost
 from planner.registry import WeightsMismatch
 from planner.requirement import RequirementKind, RequirementSpec
 from planner.scheme import DEVICE_ONLY, Scheme
@@ -56,6 +59,8 @@ class DeviceConfig:
     lossless: bool = False               # send float32 maps (reference mode; ignores B)
     runtime: Runtime | None = None       # torch, or ONNX Runtime on an export; None: torch where installed
     export: str | None = None            # onnx: the `coinfer-plan export` directory
+    pipeline_depth: int = 1              # frames in flight over one InferStream (1: one unary call a frame)
+    objective: Cost = Cost.LATENCY       # auto: plan for per-frame latency or the stream's frame rate
 
     @property
     def auto(self) -> bool:
@@ -111,6 +116,8 @@ class Device:
         if cfg.cpu_quota is not None:   # refuse before loading anything
             from device.cpu_quota import require_cpu_quota
             require_cpu_quota()
+        if cfg.pipeline_depth < 1:
+            raise InputError(f"expected --pipeline-depth >= 1, got {cfg.pipeline_depth}")
         self.scheme = None if cfg.auto else Scheme.parse(cfg.scheme)
         self.runtime = cfg.runtime or default_runtime()
         self.artifact = None
@@ -156,8 +163,10 @@ class Device:
                             "%s rows (the unmodified network)", cfg.model, recipe)
             errors, base = runnable_errors(cfg.db or default_db_path(cfg.model),
                                            cfg.model, cfg.dataset_name or spec.dataset or "", recipe)
-            return LivePlanner(errors, base, cfg.requirement, hysteresis=cfg.hysteresis)
-        planner = LivePlanner({}, 0.0, cfg.requirement, hysteresis=cfg.hysteresis, from_bank=True)
+            return LivePlanner(errors, base, cfg.requirement, hysteresis=cfg.hysteresis, objective=cfg.objective,
+                               pipeline_depth=cfg.pipeline_depth)
+        planner = LivePlanner({}, 0.0, cfg.requirement, hysteresis=cfg.hysteresis, from_bank=True,
+                              objective=cfg.objective, pipeline_depth=cfg.pipeline_depth)
         if self.info is not None:
             planner.use_server_info(self.info)
         return planner
@@ -182,9 +191,28 @@ class Device:
         """(FrameResult, extra JSON fields) for one image."""
         if self.session is None:
             return self.runner.run(self.scheme, image, label, lossless=self.cfg.lossless), {}
-        f = self.session.process(image, label)
-        return f.result, {"planned": f.planned, "bandwidth_mbps": f.bandwidth_mbps,
-                          "link_rtt_s": f.rtt_s, "replanned": f.replanned}
+        return _session_pair(self.session.process(image, label))
+
+    def frames(self, source: Iterable[tuple[np.ndarray, int | None]]) -> Iterator[tuple[FrameResult, dict]]:
+        """(FrameResult, extra JSON fields) for every (image, label) of `source`, in order: one at a
+        time at depth 1, else up to `pipeline_depth` in flight over one stream."""
+        if self.cfg.pipeline_depth == 1:
+            for image, label in source:
+                yield self.frame(image, label)
+            return
+        from device.pipeline import Pipeline
+        pipe = Pipeline(self.runner, self.cfg.pipeline_depth, self.cfg.timeout_s, self.cfg.lossless)
+        try:
+            if self.session is None:
+                for image, label in source:
+                    yield from ((r, {}) for r, _ in pipe.submit(self.scheme, image, label))
+                yield from ((r, {}) for r, _ in pipe.drain())
+            else:
+                for image, label in source:
+                    yield from (_session_pair(f) for f in self.session.submit(pipe, image, label))
+                yield from (_session_pair(f) for f in self.session.drain(pipe))
+        finally:
+            pipe.close()
 
     def close(self) -> None:
         if self.session is not None:
@@ -195,3 +223,8 @@ class Device:
             self.client.close()
         if self.quota is not None:
             self.quota.release()
+
+
+def _session_pair(f) -> tuple[FrameResult, dict]:
+    return f.result, {"planned": f.planned, "bandwidth_mbps": f.bandwidth_mbps,
+                      "link_rtt_s": f.rtt_s, "replanned": f.replanned}

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from planner.accuracy_db import AccuracyDBError, load_view
-from planner.latency import LatencyModel
+from planner.latency import Cost, LatencyModel
 from planner.profile import Profile
 from planner.requirement import RequirementSpec
 from planner.scheme import Scheme
@@ -56,6 +56,8 @@ class LivePlanner:
     current: SearchResult | None = None
     plans: int = 0
     from_bank: bool = False           # accuracies are the cloud's bank's, learnt from its server info
+    objective: Cost = Cost.LATENCY    # plan for a frame's latency or the stream's frame rate
+    pipeline_depth: int = 1           # frames in flight the throughput objective assumes
 
     def use_server_info(self, info: pb.ModelInfo) -> None:
         """With `from_bank`: plan over the schemes the cloud's bank really holds (and both single
@@ -75,7 +77,7 @@ class LivePlanner:
         return not lo <= bandwidth_mbps <= hi
 
     def plan(self, profile: Profile, bandwidth_mbps: float) -> SearchResult:
-        lat = LatencyModel.from_profile(profile, bandwidth_mbps)
+        lat = LatencyModel.from_profile(profile, bandwidth_mbps, cost=self.objective, depth=self.pipeline_depth)
         cands = build_candidates(lat, Space.DB, self.errors)
         result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
                         SearchConfig(seed=self.seed), self.strategy)

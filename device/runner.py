@@ -111,6 +111,15 @@ class DeviceRunner:
                               feature_map=codec.feature_map_to_proto(enc), bank_scheme=str(scheme) if bank else "")
         return req, None, t1 - t0, time.perf_counter() - t1
 
+    def tail_of(self, req: pb.InferRequest, resp: pb.InferResponse) -> str | None:
+        """The answer's tail name; warns once per scheme the cloud's bank lacks."""
+        tail = TAIL_NAMES.get(resp.tail)
+        if req.bank_scheme and tail == "unmodified" and req.bank_scheme not in self._warned_unmodified:
+            self._warned_unmodified.add(req.bank_scheme)
+            log.warning("the cloud's bank has no fine-tuned tail for %s: it ran the unmodified tail, whose "
+                        "accuracy at this compression can be far lower", req.bank_scheme)
+        return tail
+
     def run(self, scheme: Scheme, image: np.ndarray, label: int | None = None,
             lossless: bool = False) -> FrameResult:
         """One image end to end (unary call)."""
@@ -132,18 +141,15 @@ class DeviceRunner:
             _, logits, local_s, _ = self.prepare(DEVICE_ONLY, image)
             return FrameResult(req.request_id, str(DEVICE_ONLY), int(np.argmax(logits)), label, local_s, 0.0,
                                0, 0.0, 0.0, 0.0, time.perf_counter() - t0, f"{e.code().name}: {e.details()}")
-        tail = TAIL_NAMES.get(resp.tail)
-        if req.bank_scheme and tail == "unmodified" and req.bank_scheme not in self._warned_unmodified:
-            self._warned_unmodified.add(req.bank_scheme)
-            log.warning("the cloud's bank has no fine-tuned tail for %s: it ran the unmodified tail, whose "
-                        "accuracy at this compression can be far lower", req.bank_scheme)
+        tail = self.tail_of(req, resp)
         return FrameResult(req.request_id, str(scheme), int(resp.top1), label, head_s, encode_s,
                            req.ByteSize(), rtt, resp.decode_s, resp.tail_s, time.perf_counter() - t0,
                            tail=tail)
 
 
-def summarize(results: Sequence[FrameResult]) -> dict:
-    """The contract's `coinfer-device infer --json` summary."""
+def summarize(results: Sequence[FrameResult], wall_s: float | None = None) -> dict:
+    """The contract's `coinfer-device infer --json` summary; `wall_s`: seconds from the first
+    frame's start to the last frame's answer (throughput_fps = images / wall_s)."""
     counts = Counter(r.scheme for r in results)
     lat = np.array([r.total_s for r in results]) if results else np.zeros(0)
     labelled = [r for r in results if r.label is not None]
@@ -169,4 +175,5 @@ def summarize(results: Sequence[FrameResult]) -> dict:
         "rtt_s_mean": mean("rtt_s"),
         "decode_s_mean": mean("decode_s"),
         "tail_s_mean": mean("tail_s"),
+        "throughput_fps": len(results) / wall_s if results and wall_s else None,
     }

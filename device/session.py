@@ -1,7 +1,9 @@
 """A device session: frames in, answers out, with live planning and cloud fail-over.
 
-Frames are processed one at a time, in order; the scheme can change only between frames,
-so none is dropped or run twice. While the cloud is unreachable, frames run device-only
+Frames are processed one at a time, in order (`process`), or up to K in flight over one
+stream (`submit`, device.pipeline); either way each frame is prepared with the scheme
+planned when it starts, so the scheme changes only between frames, and none is dropped
+or run twice. While the cloud is unreachable, frames run device-only
 and a background prober watches for its return; then the planned scheme resumes.
 
 The link is measured passively from frames while they flow, and actively (Probe) between
@@ -25,6 +27,7 @@ import numpy as np
 from device.client import CloudClient
 from device.live_planner import LivePlanner
 from device.live_profile import LiveState
+from device.pipeline import Pipeline
 from device.runner import FALLBACK_CODES, DeviceRunner, FrameResult
 from planner.scheme import DEVICE_ONLY, Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
@@ -149,6 +152,51 @@ class LiveSession:
         if self.planner.current is None:      # the cloud has not answered yet
             return None, replanned
         return self.planner.scheme(), replanned
+
+    def _next_scheme(self) -> tuple[Scheme | None, Scheme, bool, str | None]:
+        """(planned, the scheme to run now, replanned, fallback note) for the next frame."""
+        planned, replanned = self._planned()
+        if (planned is None or planned.is_split or planned == Scheme.parse("cloud-only")) and \
+                (planned is None or not self.cloud_up):
+            return planned, DEVICE_ONLY, replanned, "cloud unreachable (probing)"
+        return planned, planned, replanned, None
+
+    # -- frames in flight (device.pipeline) ---------------------------------------------------
+    def submit(self, pipe: Pipeline, image: np.ndarray, label: int | None = None) -> list[SessionFrame]:
+        """Start one frame on `pipe` with the scheme planned now; the frames answered since, in
+        order.  Re-planning happens here, between frames; a probe waits for the pipe to empty."""
+        if pipe.on_answer is None:
+            pipe.on_answer = self._observe_stream
+        out = self._delivered(pipe.poll())
+        if pipe.in_flight and self.cloud_up and self.state.link.idle_for() >= self.probe_interval_s:
+            out += self._delivered(pipe.drain())      # a probe never shares the link with a frame
+        self._probe_if_stale()
+        planned, scheme, replanned, note = self._next_scheme()
+        switched = planned != self._last_scheme
+        self._last_scheme = planned
+        tag = (planned, self.state.link.bandwidth_mbps, self.state.link.rtt_s, replanned, note, switched)
+        return out + self._delivered(pipe.submit(scheme, image, label, tag))
+
+    def drain(self, pipe: Pipeline) -> list[SessionFrame]:
+        return self._delivered(pipe.drain())
+
+    def _observe_stream(self, req: pb.InferRequest, resp: pb.InferResponse, rtt_s: float | None,
+                        encode_s: float, tag) -> None:
+        """Every answer feeds the codec tables; only a frame sent into an empty pipe, and not the
+        first after a scheme change, samples the link (device.pipeline says why)."""
+        self.state.bytes.observe(req, encode_s, resp.decode_s)
+        if rtt_s is not None and not tag[5]:
+            self.state.link.observe_inference(req.ByteSize(), rtt_s, resp.decode_s + resp.tail_s)
+
+    def _delivered(self, done) -> list[SessionFrame]:
+        out = []
+        for r, (planned, bw, rtt, replanned, note, _) in done:
+            if note is not None:
+                r = dataclasses.replace(r, fallback=note)
+            elif r.fallback:
+                self.cloud_up = False
+            out.append(SessionFrame(r, "none" if planned is None else str(planned), bw, rtt, replanned))
+        return out
 
     def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
         self._probe_if_stale()

@@ -6,6 +6,15 @@
 
     wire_bytes = ceil(ceil(C*H*W*B/8) * ratio[P,B]) + C*side_bytes_per_channel + header_bytes
 
+A stream with K frames in flight (coinfer-device --pipeline-depth K) overlaps the stages
+of consecutive frames: the device (head + encode), the uplink (wire bytes at the link's
+rate) and the cloud (decode + tail); the base round trip is time in flight, held by no
+stage.  `Stages` splits the same terms the latency sums (they add up to it exactly), and
+its period, max(slowest stage, latency / K), is the seconds between answers a full pipe
+sustains: with K = 1 the latency itself.  A frame in a full pipe waits behind the K - 1
+before it: its latency, queueing included, is K periods.  `Cost` says which of the two a
+plan minimises; the search (planner.search) asks the model for `cost_s`.
+
 `ratio` is the measured zstd ratio when the profile has one and the bytes model uses it,
 else 1; side and header bytes are 0 unless modelled.  encode_s and decode_s are the
 profile's seconds per value sent times C*H*W when it has them (a live profile), else the
@@ -14,6 +23,7 @@ seed's model in SI units (shared/seed/README.md).
 """
 from __future__ import annotations
 
+import enum
 import math
 from dataclasses import dataclass
 
@@ -26,6 +36,42 @@ from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Mode, Scheme
 
 class LatencyModelError(ValueError):
     """A scheme or link that the latency model cannot price."""
+
+
+class Cost(enum.Enum):
+    """What a plan's seconds are (coinfer-device and coinfer-plan --objective)."""
+
+    LATENCY = "latency"         # one frame from image to answer, alone on the link
+    THROUGHPUT = "throughput"   # seconds between answers of a stream with `depth` frames in flight
+
+
+@dataclass(frozen=True)
+class Stages:
+    """A scheme's seconds per frame in each pipeline stage; they sum to its latency."""
+
+    device_s: float     # head + encode (device-only: the whole network)
+    uplink_s: float     # wire bytes at the link's rate
+    rtt_s: float        # base round trip (and the answer's way back): in flight, no stage's time
+    cloud_s: float      # decode + tail (cloud-only: the whole network)
+
+    @property
+    def total_s(self) -> float:
+        """The latency: the same sum, in the same order, as LatencyBreakdown.total_s."""
+        return self.device_s + (self.uplink_s + self.rtt_s) + self.cloud_s
+
+    @property
+    def bottleneck_s(self) -> float:
+        """The slowest stage: no stream answers faster than one frame per this."""
+        return max(self.device_s, self.uplink_s, self.cloud_s)
+
+    def period_s(self, depth: int) -> float:
+        """Seconds between answers with `depth` frames in flight: the slowest stage, or a whole
+        round of `depth` frames when too few are in flight to keep every stage busy."""
+        return max(self.bottleneck_s, self.total_s / depth)
+
+    def stream_latency_s(self, depth: int) -> float:
+        """A frame's latency in a full pipe, queueing behind the `depth - 1` before it included."""
+        return depth * self.period_s(depth)
 
 
 @dataclass(frozen=True)
@@ -41,9 +87,13 @@ class LinkModel:
         if not self.rtt_s >= 0:
             raise LatencyModelError(f"expected rtt_s >= 0, got {self.rtt_s}")
 
+    def uplink_s(self, nbytes: int | float) -> float:
+        """Seconds `nbytes` occupy the uplink: bytes*8/(Mbps*1e6)."""
+        return nbytes * 8.0 / (self.bandwidth_mbps * 1e6)
+
     def transfer_s(self, nbytes: int | float) -> float:
         """Seconds to send `nbytes` and hear back: bytes*8/(Mbps*1e6) + rtt."""
-        return nbytes * 8.0 / (self.bandwidth_mbps * 1e6) + self.rtt_s
+        return self.uplink_s(nbytes) + self.rtt_s
 
 
 @dataclass(frozen=True)
@@ -61,6 +111,7 @@ class LatencyBreakdown:
     transfer_s: float     # uplink (+ rtt), s
     cloud_s: float        # cloud compute (+ decode), s
     wire_bytes: int       # application bytes sent per image
+    rtt_s: float = 0.0    # the base round trip within transfer_s, s
 
     @property
     def total_s(self) -> float:
@@ -74,13 +125,20 @@ class LatencyModel:
     profile: Profile
     link: LinkModel
     bytes_model: BytesModel = BytesModel()
+    cost: Cost = Cost.LATENCY   # what cost_s prices (and the search minimises or bounds)
+    depth: int = 1              # frames in flight, for Cost.THROUGHPUT
+
+    def __post_init__(self) -> None:
+        if self.depth < 1:
+            raise LatencyModelError(f"expected pipeline depth >= 1, got {self.depth}")
 
     @classmethod
     def from_profile(cls, profile: Profile, bandwidth_mbps: float, rtt_s: float | None = None,
-                     bytes_model: BytesModel = BytesModel()) -> "LatencyModel":
+                     bytes_model: BytesModel = BytesModel(), cost: Cost = Cost.LATENCY,
+                     depth: int = 1) -> "LatencyModel":
         """rtt_s None: the profile's measured RTT, or 0 when it has none (the seed)."""
         rtt = rtt_s if rtt_s is not None else (profile.rtt_s or 0.0)
-        return cls(profile, LinkModel(bandwidth_mbps, rtt), bytes_model)
+        return cls(profile, LinkModel(bandwidth_mbps, rtt), bytes_model, cost, depth)
 
     # -- bytes ---------------------------------------------------------------------------
     def _ratio(self, p: int, bits: int) -> float:
@@ -119,7 +177,8 @@ class LatencyModel:
             return LatencyBreakdown(scheme, prof.device_full_model_s, 0.0, 0.0, 0)
         nbytes = self.wire_bytes(scheme)
         if scheme.mode is Mode.CLOUD_ONLY:
-            return LatencyBreakdown(scheme, 0.0, self.link.transfer_s(nbytes), prof.cloud_full_model_s, nbytes)
+            return LatencyBreakdown(scheme, 0.0, self.link.transfer_s(nbytes), prof.cloud_full_model_s, nbytes,
+                                    self.link.rtt_s)
         part = self._split_part(scheme)
         codec = prof.codec_entry(scheme.partition, scheme.bits)
         enc, dec = (codec.encode_s, codec.decode_s) if codec else (0.0, 0.0)
@@ -127,10 +186,31 @@ class LatencyModel:
         enc = prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
         dec = prof.decode_s_per_value * values if prof.decode_s_per_value > 0 else dec
         return LatencyBreakdown(scheme, part.device_head_s + enc, self.link.transfer_s(nbytes),
-                                dec + part.cloud_tail_s, nbytes)
+                                dec + part.cloud_tail_s, nbytes, self.link.rtt_s)
 
     def latency_s(self, scheme: Scheme) -> float:
         return self.breakdown(scheme).total_s
+
+    def stages(self, scheme: Scheme) -> Stages:
+        """The scheme's pipeline stages, from the terms of its latency (they sum to it)."""
+        b = self.breakdown(scheme)
+        if b.wire_bytes == 0:                     # device-only: nothing on the link
+            return Stages(b.device_s, 0.0, 0.0, b.cloud_s)
+        return Stages(b.device_s, self.link.uplink_s(b.wire_bytes), b.rtt_s, b.cloud_s)
+
+    def cost_s(self, scheme: Scheme) -> float:
+        """The scheme's seconds under `cost`: its latency, or its stream period at `depth`."""
+        if self.cost is Cost.LATENCY:
+            return self.latency_s(scheme)
+        return self.stages(scheme).period_s(self.depth)
+
+    def single_end_costs(self) -> dict[Scheme, float]:
+        return {DEVICE_ONLY: self.cost_s(DEVICE_ONLY), CLOUD_ONLY: self.cost_s(CLOUD_ONLY)}
+
+    def best_single_end_cost(self) -> tuple[Scheme, float]:
+        """The cheaper single-end scheme under `cost` and its seconds (device-only on ties)."""
+        d, c = self.cost_s(DEVICE_ONLY), self.cost_s(CLOUD_ONLY)
+        return (DEVICE_ONLY, d) if d <= c else (CLOUD_ONLY, c)
 
     def single_end(self) -> dict[Scheme, float]:
         return {DEVICE_ONLY: self.latency_s(DEVICE_ONLY), CLOUD_ONLY: self.latency_s(CLOUD_ONLY)}
@@ -142,6 +222,21 @@ class LatencyModel:
 
     def split_latencies(self, partition: np.ndarray, channels: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """Vectorised latency_s of split schemes given as integer arrays P, C, B; seconds."""
+        device, uplink, rtt, cloud = self._split_stages(partition, channels, bits)
+        # same association as LatencyBreakdown.total_s, so scalar and vector agree bit for bit
+        return device + (uplink + rtt) + cloud
+
+    def split_costs(self, partition: np.ndarray, channels: np.ndarray, bits: np.ndarray) -> np.ndarray:
+        """Vectorised cost_s of split schemes; seconds (equal to cost_s bit for bit)."""
+        if self.cost is Cost.LATENCY:
+            return self.split_latencies(partition, channels, bits)
+        device, uplink, rtt, cloud = self._split_stages(partition, channels, bits)
+        total = device + (uplink + rtt) + cloud
+        return np.maximum(np.maximum(np.maximum(device, uplink), cloud), total / self.depth)
+
+    def _split_stages(self, partition: np.ndarray, channels: np.ndarray, bits: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
+        """(device, uplink, rtt, cloud) seconds of split schemes P, C, B (Stages, vectorised)."""
         partition = np.asarray(partition, dtype=np.int64)
         channels = np.asarray(channels, dtype=np.int64)
         bits = np.asarray(bits, dtype=np.int64)
@@ -169,6 +264,5 @@ class LatencyModel:
         per_ch, header = self._side()
         scaled = packed * ratio[partition, bits]
         nbytes = np.where(ratio[partition, bits] == 1.0, packed, np.ceil(scaled)) + channels * per_ch + header
-        transfer = nbytes * 8.0 / (self.link.bandwidth_mbps * 1e6) + self.link.rtt_s
-        # same association as LatencyBreakdown.total_s, so scalar and vector agree bit for bit
-        return (head[partition] + enc_s) + transfer + (dec_s + tail[partition])
+        uplink = nbytes * 8.0 / (self.link.bandwidth_mbps * 1e6)
+        return head[partition] + enc_s, uplink, self.link.rtt_s, dec_s + tail[partition]

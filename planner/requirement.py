@@ -4,9 +4,9 @@ all go through `RequirementSpec`."""
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
-from planner.latency import LatencyModel
+from planner.latency import Cost, LatencyModel
 
 
 class RequirementKind(enum.Enum):
@@ -36,8 +36,16 @@ class RequirementSpec:
         return cls(*given[0])
 
     def build(self, lat: LatencyModel):
-        """The search's Requirement at the latency model's bandwidth (a ratio needs its single ends)."""
+        """The search's Requirement at the latency model's bandwidth (a ratio needs its single ends).
+
+        The seconds bounded are the model's cost: under Cost.THROUGHPUT a latency bound is a
+        bound on the stream's frame period (seconds between answers), its ratio one to the
+        faster single end's period."""
         from planner.search import Requirement
-        return {RequirementKind.LATENCY_RATIO: lambda: Requirement.latency_ratio(self.value, lat.best_single_end()[1]),
-                RequirementKind.MAX_LATENCY_S: lambda: Requirement.latency_s(self.value),
-                RequirementKind.MAX_ACCURACY_LOSS: lambda: Requirement.accuracy_loss(self.value)}[self.kind]()
+        req = {RequirementKind.LATENCY_RATIO: lambda: Requirement.latency_ratio(self.value,
+                                                                                lat.best_single_end_cost()[1]),
+               RequirementKind.MAX_LATENCY_S: lambda: Requirement.latency_s(self.value),
+               RequirementKind.MAX_ACCURACY_LOSS: lambda: Requirement.accuracy_loss(self.value)}[self.kind]()
+        if lat.cost is Cost.THROUGHPUT and self.kind is not RequirementKind.MAX_ACCURACY_LOSS:
+            req = replace(req, text=req.text.replace("latency", f"frame period at depth {lat.depth}", 1))
+        return req

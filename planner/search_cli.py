@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from planner.accuracy_db import AccuracyDB, AccuracyDBError, is_seed_text, load_view
-from planner.latency import LatencyModel, LatencyModelError
+from planner.latency import Cost, LatencyModel, LatencyModelError
 from planner.profile import ProfileError, load_profile
 from planner.requirement import RequirementSpec
 from planner.search import (DBEvaluator, FullSpaceEvaluator, SearchConfig, SearchError,
@@ -28,6 +28,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     req.add_argument("--latency-ratio", type=float, metavar="R", help="latency <= R x best single-end latency")
     req.add_argument("--latency-s", type=float, metavar="S", help="latency <= S seconds")
     req.add_argument("--accuracy-loss", type=float, metavar="A", help="top-1 accuracy loss <= A (fraction)")
+    p.add_argument("--objective", choices=[c.value for c in Cost], default=Cost.LATENCY.value,
+                   help="latency (default): a frame's seconds; throughput: the frame period of a stream with "
+                        "--pipeline-depth frames in flight (its slowest stage), which the latency bounds bound")
+    p.add_argument("--pipeline-depth", type=int, default=1, metavar="K",
+                   help="frames in flight for --objective throughput (default 1: period = latency)")
     p.add_argument("--seed", type=int, default=0, help="GP / random-search seed (default 0)")
     p.add_argument("--strategy", choices=[s.value for s in Strategy], default=Strategy.BAYES.value,
                    help="bayes (default), or the exhaustive / random baselines")
@@ -88,7 +93,9 @@ def _load(args):
     model_name = args.model or profile.model
     view = load_view(args.db, model_name, args.dataset or profile.dataset, profile.base_top1_error,
                      args.recipe)
-    lat = LatencyModel.from_profile(profile, args.bandwidth_mbps, args.rtt_s)
+    lat = LatencyModel.from_profile(profile, args.bandwidth_mbps, args.rtt_s,
+                                    cost=Cost(getattr(args, "objective", Cost.LATENCY.value)),
+                                    depth=getattr(args, "pipeline_depth", 1))
     return profile, model_name, view, lat
 
 
@@ -137,7 +144,8 @@ def format_result(r: SearchResult) -> str:
     rows = [
         ("requirement", r.requirement.text),
         ("scheme", str(r.scheme) if r.scheme else "none (infeasible)"),
-        ("predicted latency", f"{r.latency_s:.4f} s" if r.latency_s is not None else "-"),
+        ("predicted latency" if r.cost == "latency" else f"predicted frame period (depth {r.pipeline_depth})",
+         f"{r.latency_s:.4f} s" if r.latency_s is not None else "-"),
         ("top-1 error", f"{r.top1_error:.4f}" if r.top1_error is not None else "-"),
         ("accuracy loss", f"{r.accuracy_loss:+.4f}" if r.accuracy_loss is not None else "-"),
         ("single-end", ", ".join(f"{k} {v:.4f} s" for k, v in r.single_end_s.items())

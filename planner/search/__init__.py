@@ -3,6 +3,9 @@
 Two requirements, one algorithm with objective and constraint swapped (shared/STYLE.md):
 - `Objective.MIN_ERROR`: latency <= a bound; the most accurate scheme (ties: faster).
 - `Objective.MIN_LATENCY`: accuracy loss <= a bound; the fastest scheme (ties: more accurate).
+The seconds are the latency model's cost (`planner.latency.Cost`): a frame's latency, or for
+`--objective throughput` a stream's frame period (its slowest stage): the same search with
+another cost, not a second search.
 Latency is free (the model in `planner.latency`); only accuracy costs, through an
 `Evaluator` (a database look-up, or a real fine-tune-and-test for `--space full`).
 

@@ -142,6 +142,7 @@ def _result(run: _Run, strategy: Strategy, stop: Stop, evaluations: int, wall_s:
         stop = Stop.PROOF   # the budget ran out just as nothing was left
     found = inc.scheme is not None
     cands = prob.cands
+    stages = prob.model.stages(inc.scheme) if found else None
     return SearchResult(
         requirement=prob.req, strategy=strategy, scheme=inc.scheme,
         latency_s=inc.latency_s if found else None, top1_error=inc.top1_error if found else None,
@@ -151,5 +152,9 @@ def _result(run: _Run, strategy: Strategy, stop: Stop, evaluations: int, wall_s:
         reason="" if found else prob.infeasible_reason(run.errors),
         unproven_candidates=st.unproven_candidates, unproven_margin=st.unproven_margin(),
         miss_probability=run.miss_probability if stop in (Stop.CONFIDENCE, Stop.BOUNDS) else None,
+        cost=prob.model.cost.value, pipeline_depth=prob.model.depth,
+        stages_s=None if stages is None else {"device": stages.device_s, "uplink": stages.uplink_s,
+                                              "rtt": stages.rtt_s, "cloud": stages.cloud_s},
+        frame_latency_s=None if stages is None else stages.total_s,
         evaluated=[(str(cands.scheme(i)), e) for i, e in zip(run.order, run.errors)],
         closed=[str(cands.scheme(i)) for i in np.flatnonzero(st.closed)])

@@ -93,12 +93,13 @@ class SearchConfig:
 
 @dataclass(frozen=True)
 class CandidateSet:
-    """Split candidates as parallel arrays, with their predicted latency; seconds."""
+    """Split candidates as parallel arrays, with their predicted seconds: the latency model's
+    cost (planner.latency.Cost), the latency itself unless the plan is for a stream's rate."""
 
     partition: np.ndarray   # (N,) int P
     channels: np.ndarray    # (N,) int C
     bits: np.ndarray        # (N,) int B
-    latency_s: np.ndarray   # (N,) float predicted seconds
+    latency_s: np.ndarray   # (N,) float predicted seconds (LatencyModel.cost_s)
     conv_channels: tuple[int, ...]   # C max per partition
 
     def __len__(self) -> int:
@@ -126,7 +127,7 @@ def build_candidates(model: LatencyModel, space: Space, recorded: Mapping[Scheme
             log.warning("%d recorded schemes do not fit the profile's partitions; ignored", dropped)
         rows.sort()
     arr = np.array(rows, dtype=np.int64).reshape(-1, 3)
-    lat = model.split_latencies(arr[:, 0], arr[:, 1], arr[:, 2]) if len(arr) else np.zeros(0)
+    lat = model.split_costs(arr[:, 0], arr[:, 1], arr[:, 2]) if len(arr) else np.zeros(0)
     return CandidateSet(arr[:, 0].copy(), arr[:, 1].copy(), arr[:, 2].copy(), lat, conv)
 
 
@@ -149,9 +150,9 @@ class Problem:
     def __init__(self, model: LatencyModel, cands: CandidateSet, req: Requirement, base_error: float):
         self.model, self.cands, self.req = model, cands, req
         self.base_error = base_error
-        single = model.single_end()
+        single = model.single_end_costs()
         self.single_end_s = {str(s): t for s, t in single.items()}
-        self.best_single = model.best_single_end()
+        self.best_single = model.best_single_end_cost()
         self.rank = np.arange(len(cands), dtype=np.int64)  # candidates are sorted P, C, B
         self.lat_ok = cands.latency_s <= req.max_latency_s
         # single-end plans: known error (the unmodified model's), never evaluated; rank before splits

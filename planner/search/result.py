@@ -39,6 +39,10 @@ class SearchResult:
                                    # too; None: proven
     miss_probability: float | None = None  # GP stop: the open schemes' summed probability of beating
                                    # the result when it stopped (None: no GP stop)
+    cost: str = "latency"          # what latency_s and single_end_s are (planner.latency.Cost)
+    pipeline_depth: int = 1        # frames in flight the cost assumes (throughput)
+    stages_s: dict[str, float] | None = None  # the plan's pipeline stages (planner.latency.Stages)
+    frame_latency_s: float | None = None      # the plan's latency alone on the link (as Cost.LATENCY)
     evaluated: list[tuple[str, float]] = field(default_factory=list)   # (scheme, error) in order
     closed: list[str] = field(default_factory=list)   # schemes the bounds closed, unevaluated
 
@@ -66,4 +70,9 @@ class SearchResult:
             "stop": self.stop.value,
             "wall_s": self.wall_s,
             "reason": self.reason or None,
+            "cost": self.cost,
+            "pipeline_depth": self.pipeline_depth,
+            "predicted_fps": (1.0 / self.latency_s if self.cost == "throughput" and self.latency_s else None),
+            "predicted_frame_latency_s": self.frame_latency_s,
+            "stages_s": self.stages_s,
         }
