@@ -182,7 +182,10 @@ class Device:
             self.heads = self.runner.heads = self.heads.at_input(tuple(self.info.input_shape[1:]))
         device = cached_device_times(self.heads, cfg.cpu_quota)
         planner = self._planner()
-        state = LiveState(cfg.model, self.heads, device, self.info, planner.base_error)
+        from device.cpu_quota import cpu_limit
+        client = self.client
+        state = LiveState(cfg.model, self.heads, device, self.info, planner.base_error, cpu_limit=cpu_limit(),
+                          call_cpu_s=lambda: client.call_cpu_s if client is not None else None)
         session = LiveSession(self.runner, self.client, state, planner, probe_interval_s=cfg.probe_interval_s)
         session.start()
         return session

@@ -39,6 +39,8 @@ class ClientConfig:
     weights_sha256: str = ""             # of the device's head weights, sent with every call ("": not sent)
 
 
+SMALL_CALL_BYTES = 8192   # probes up to this many bytes each way price a frame's call CPU
+
 # Keepalive pings every 20 s, calls or not (the cloud accepts one per 10 s): a connection
 # that died without a FIN (NAT timeout, unplugged link) is found and replaced.
 KEEPALIVE_OPTIONS = [("grpc.keepalive_time_ms", 20_000), ("grpc.keepalive_timeout_ms", 10_000),
@@ -70,6 +72,9 @@ class CloudClient:
                 ("grpc.initial_reconnect_backoff_ms", min(200, backoff_ms)),
                 ("grpc.min_reconnect_backoff_ms", min(200, backoff_ms)),
                 ("grpc.max_reconnect_backoff_ms", backoff_ms), *KEEPALIVE_OPTIONS]
+        # device CPU seconds of one call (serialization, gRPC's threads), EWMA over unary frames and
+        # small probes: what a call costs a CPU-quota'd device (planner.profile.DeviceCpu)
+        self.call_cpu_s: float | None = None
         self.metadata = (("authorization", f"Bearer {read_token(cfg.token_file)}"),) if cfg.token_file else ()
         if cfg.weights_sha256:
             self.metadata += ((WEIGHTS_METADATA_KEY, cfg.weights_sha256),)
@@ -128,11 +133,16 @@ class CloudClient:
         return self.stub.GetServerInfo(pb.ServerInfoRequest(), timeout=self.cfg.timeout_s,
                                        metadata=self.metadata)
 
+    def _observe_cpu(self, cpu_s: float) -> None:
+        self.call_cpu_s = cpu_s if self.call_cpu_s is None else 0.8 * self.call_cpu_s + 0.2 * cpu_s
+
     def infer(self, request: pb.InferRequest) -> tuple[pb.InferResponse, float]:
         """One frame; returns the answer and the round trip in seconds."""
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         response = self.stub.Infer(request, timeout=self.cfg.timeout_s, metadata=self.metadata)
-        return response, time.perf_counter() - t0
+        rtt = time.perf_counter() - t0
+        self._observe_cpu(time.process_time() - c0)
+        return response, rtt
 
     def infer_stream(self, requests: Iterable[pb.InferRequest],
                      timeout_s: float | None = None) -> Iterator[pb.InferResponse]:
@@ -141,9 +151,11 @@ class CloudClient:
 
     def probe(self, up_bytes: int, down_bytes: int) -> ProbeResult:
         request = pb.ProbeRequest(payload=bytes(up_bytes), response_bytes=down_bytes)
-        t0 = time.perf_counter()
+        c0, t0 = time.process_time(), time.perf_counter()
         response = self.stub.Probe(request, timeout=self.cfg.timeout_s, metadata=self.metadata)
         rtt = time.perf_counter() - t0
+        if up_bytes + down_bytes <= SMALL_CALL_BYTES:     # a frame-sized call: its CPU prices a frame's
+            self._observe_cpu(time.process_time() - c0)
         server_s = max(0, response.server_send_ns - response.server_receive_ns) / 1e9
         return ProbeResult(up_bytes, len(response.payload), rtt, server_s)
 

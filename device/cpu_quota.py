@@ -83,6 +83,29 @@ def current_cgroup(pid: int, layout: CgroupLayout, proc_root: Path = PROC) -> st
                            f"{proc_root / str(pid) / 'cgroup'}")
 
 
+def cpu_limit(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Path = PROC
+              ) -> tuple[float, float] | None:
+    """(share of one CPU, CFS period in s) that the pid's own cgroup allows it (--cpu-quota, or a
+    container's CPU limit), or None when it is unlimited or cannot be read.  Only the pid's own
+    group is read, not its ancestors'."""
+    try:
+        layout = detect_layout(fs_root)
+        group = layout.root / current_cgroup(pid or os.getpid(), layout, proc_root).lstrip("/")
+        if layout.version is CgroupVersion.V2:
+            quota, period = (group / "cpu.max").read_text().split()
+            if quota == "max":
+                return None
+            quota_us, period_us = int(quota), int(period)
+        else:
+            quota_us = int((group / "cpu.cfs_quota_us").read_text())
+            period_us = int((group / "cpu.cfs_period_us").read_text())
+    except (QuotaUnavailable, OSError, ValueError):
+        return None
+    if quota_us <= 0 or period_us <= 0:
+        return None
+    return quota_us / period_us, period_us / 1e6
+
+
 def quota_for(fraction: float, period_us: int = DEFAULT_PERIOD_US) -> tuple[int, int]:
     """(quota_us, period_us) for `fraction` of one CPU; the period grows for tiny fractions."""
     if fraction * period_us < MIN_QUOTA_US:

@@ -31,9 +31,11 @@ class DeviceTimes:
     repeats: int
     cpu_quota: float | None      # fraction of one CPU the process was confined to
     encode_s_per_value: float = 0.0   # quantize + pack + zstd seconds per feature-map value
+    head_cpu_s: tuple[float, ...] = ()   # mean CPU seconds from uint8 image to each cut (what a quota rations)
+    full_model_cpu_s: float = 0.0        # mean CPU seconds of the whole network
 
 
-DEVICE_TIMES_METHOD = "sustained-mean/2"   # part of the cache key: a new method re-measures
+DEVICE_TIMES_METHOD = "sustained-mean/3"   # part of the cache key: a new method re-measures
 ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
 
 
@@ -75,9 +77,12 @@ def measure_device_times(heads: Heads, repeats: int = 5, warmup: int = 1, cpu_qu
                     len(runs) >= repeats and time.perf_counter() - started >= min_seconds):
                 break
         r += 1
-    head_s = tuple(statistics.fmean(run.head_s[p] for run in runs) for p in range(len(heads.partitions)))
-    return DeviceTimes(head_s, statistics.fmean(run.full_s for run in runs), len(runs), cpu_quota,
-                       measure_encode_s_per_value(last.maps))
+    n = range(len(heads.partitions))
+    return DeviceTimes(tuple(statistics.fmean(run.head_s[p] for run in runs) for p in n),
+                       statistics.fmean(run.full_s for run in runs), len(runs), cpu_quota,
+                       measure_encode_s_per_value(last.maps),
+                       tuple(statistics.fmean(run.head_cpu_s[p] for run in runs) for p in n),
+                       statistics.fmean(run.full_cpu_s for run in runs))
 
 
 def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
@@ -90,7 +95,7 @@ def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
         try:
             d = json.loads(path.read_text())
             return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"],
-                               float(d["encode_s_per_value"]))
+                               float(d["encode_s_per_value"]), tuple(d["head_cpu_s"]), float(d["full_model_cpu_s"]))
         except (ValueError, KeyError, TypeError):
             log.warning("re-measuring: device-time cache %s is unreadable or from an older version", path)
     times = measure_device_times(heads, repeats, cpu_quota=cpu_quota)
@@ -98,7 +103,8 @@ def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"key": key, "head_s": times.head_s, "full_model_s": times.full_model_s,
                                     "repeats": times.repeats, "cpu_quota": times.cpu_quota,
-                                    "encode_s_per_value": times.encode_s_per_value}))
+                                    "encode_s_per_value": times.encode_s_per_value,
+                                    "head_cpu_s": times.head_cpu_s, "full_model_cpu_s": times.full_model_cpu_s}))
     except OSError as e:
         log.warning("cannot cache device times at %s: %s", path, e)
     return times

@@ -23,11 +23,15 @@ class Runtime(enum.Enum):
 @dataclass(frozen=True)
 class TimedPass:
     """One pass through the network: seconds from the uint8 image to each cut (cumulative),
-    to the logits, and the cut's feature maps [(P, (C, H, W) float32)]."""
+    to the logits, the same in this thread's CPU seconds (what a CPU quota rations; one
+    intra-op thread runs on the calling thread), and the cuts' feature maps
+    [(P, (C, H, W) float32)]."""
 
     head_s: list[float]
     full_s: float
     maps: list[tuple[int, np.ndarray]]
+    head_cpu_s: list[float]
+    full_cpu_s: float
 
 
 class Heads:

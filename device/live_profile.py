@@ -7,12 +7,13 @@ import math
 import os
 import platform
 from dataclasses import dataclass, field
+from typing import Callable
 
 from common import codec
 from device.device_times import DeviceTimes
 from device.link import LinkEstimator
 from device.heads import Heads
-from planner.profile import CodecProfile, PartitionProfile, Profile, save_profile
+from planner.profile import CodecProfile, DeviceCpu, PartitionProfile, Profile, save_profile
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 SIDE_BYTES_PER_CHANNEL = 8   # float32 offset + float32 scale per kept channel
@@ -70,6 +71,17 @@ class LiveState:
     base_top1_error: float | None
     link: LinkEstimator = field(default_factory=LinkEstimator)
     bytes: ByteRatios = field(default_factory=ByteRatios)
+    cpu_limit: tuple[float, float] | None = None      # (share, CFS period s) of this process's cgroup
+    call_cpu_s: Callable[[], float | None] = lambda: None   # device CPU s of one cloud call, as measured
+
+    def device_cpu(self) -> DeviceCpu | None:
+        """CPU seconds and the quota, when the device runs under a CPU limit (else wall seconds
+        price it, as measured)."""
+        d = self.device
+        if self.cpu_limit is None or self.cpu_limit[0] >= 1 or not d.head_cpu_s:
+            return None
+        return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], d.head_cpu_s, d.full_model_cpu_s,
+                         self.call_cpu_s() or 0.0)
 
     def profile(self) -> Profile:
         heads, (h, w) = self.heads, self.heads.input_hw
@@ -93,7 +105,7 @@ class LiveState:
             cloud_hardware="coinfer-cloud (server-info)", rtt_s=self.link.rtt_s, codec=codec,
             side_bytes_per_channel=SIDE_BYTES_PER_CHANNEL, header_bytes=HEADER_BYTES,
             encode_s_per_value=b.encode_s_per_value or self.device.encode_s_per_value,
-            decode_s_per_value=b.decode_s_per_value or 0.0,
+            decode_s_per_value=b.decode_s_per_value or 0.0, device_cpu=self.device_cpu(),
             measured={"bandwidth_mbps": self.link.bandwidth_mbps, "link_samples": self.link.samples,
                       "device_repeats": self.device.repeats, "source": "coinfer-device live"})
 

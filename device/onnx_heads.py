@@ -121,12 +121,13 @@ class OnnxHeads(Heads):
         return self._orders[p]
 
     def timed_pass(self, image: np.ndarray) -> TimedPass:
-        marks, maps = [], []
-        t0 = time.perf_counter()
+        marks, cpu, maps = [], [], []
+        c0, t0 = time.thread_time(), time.perf_counter()
         x = self._image(image)
         for p, sess in enumerate(self._segments):
             x = self._run(sess, x)
             marks.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
             maps.append((p, x[0]))
         self._run(self._classifier, x)
-        return TimedPass(marks, time.perf_counter() - t0, maps)
+        return TimedPass(marks, time.perf_counter() - t0, maps, cpu, time.thread_time() - c0)

@@ -63,14 +63,16 @@ class TorchHeads(Heads):
         model = self.model
         ends = {p.feature_end: p.index for p in model.partitions}
         marks = [0.0] * len(model.partitions)
+        cpu = [0.0] * len(model.partitions)
         maps = []
-        t0 = time.perf_counter()
+        c0, t0 = time.thread_time(), time.perf_counter()
         x = self._input(image)
         for i, layer in enumerate(model.features):
             x = layer(x)
             if i + 1 in ends:
                 marks[ends[i + 1]] = time.perf_counter() - t0
+                cpu[ends[i + 1]] = time.thread_time() - c0
                 maps.append((ends[i + 1], x[0]))
         model.classifier(torch.flatten(model.avgpool(x), 1))
-        full = time.perf_counter() - t0
-        return TimedPass(marks, full, [(p, fm.numpy()) for p, fm in maps])
+        full, full_cpu = time.perf_counter() - t0, time.thread_time() - c0
+        return TimedPass(marks, full, [(p, fm.numpy()) for p, fm in maps], cpu, full_cpu)

@@ -15,6 +15,14 @@ sustains: with K = 1 the latency itself.  A frame in a full pipe waits behind th
 before it: its latency, queueing included, is K periods.  `Cost` says which of the two a
 plan minimises; the search (planner.search) asks the model for `cost_s`.
 
+Under a CPU quota (a profile with `device_cpu`), the device's part is priced from CPU
+seconds: a frame's head and encode run at full speed while the CFS period's budget lasts
+and at the quota's share after it, wall(c) = max(c, c/share - period*(1 - share)); and no
+sustained stream of frames can spend more device CPU per second than the share allows, so
+a frame takes at least (head + encode + call CPU) / share however short its other stages
+(the difference is added to the device's part).  Network waits refill the budget only up to
+one period's worth.  Without `device_cpu` the device's wall seconds are used as they are.
+
 `ratio` is the measured zstd ratio when the profile has one and the bytes model uses it,
 else 1; side and header bytes are 0 unless modelled.  encode_s and decode_s are the
 profile's seconds per value sent times C*H*W when it has them (a live profile), else the
@@ -53,6 +61,7 @@ class Stages:
     uplink_s: float     # wire bytes at the link's rate
     rtt_s: float        # base round trip (and the answer's way back): in flight, no stage's time
     cloud_s: float      # decode + tail (cloud-only: the whole network)
+    cpu_bound_s: float = 0.0   # device CPU per frame / quota share: no stream runs faster (0: no quota)
 
     @property
     def total_s(self) -> float:
@@ -62,7 +71,7 @@ class Stages:
     @property
     def bottleneck_s(self) -> float:
         """The slowest stage: no stream answers faster than one frame per this."""
-        return max(self.device_s, self.uplink_s, self.cloud_s)
+        return max(self.device_s, self.uplink_s, self.cloud_s, self.cpu_bound_s)
 
     def period_s(self, depth: int) -> float:
         """Seconds between answers with `depth` frames in flight: the slowest stage, or a whole
@@ -112,6 +121,7 @@ class LatencyBreakdown:
     cloud_s: float        # cloud compute (+ decode), s
     wire_bytes: int       # application bytes sent per image
     rtt_s: float = 0.0    # the base round trip within transfer_s, s
+    cpu_bound_s: float = 0.0   # device CPU per frame / quota share (0: no quota modelled)
 
     @property
     def total_s(self) -> float:
@@ -171,22 +181,46 @@ class LatencyModel:
         return part
 
     # -- seconds ---------------------------------------------------------------------------
+    # -- the device under a CPU quota ------------------------------------------------------
+    def _wall(self, cpu_s):
+        """Wall seconds of `cpu_s` device CPU seconds in one frame (scalar or array): full speed
+        while the period's budget lasts, the quota's share after it."""
+        c = self.profile.device_cpu
+        return np.maximum(cpu_s, cpu_s / c.share - c.period_s * (1.0 - c.share))
+
+    def _quota(self, work_cpu_s, calls: int, rest_s):
+        """(device wall s, CPU bound s) of a frame whose device work is `work_cpu_s` CPU
+        seconds, with `calls` cloud calls and `rest_s` seconds on the link and the cloud."""
+        c = self.profile.device_cpu
+        wall = self._wall(work_cpu_s)
+        bound = (work_cpu_s + calls * c.call_cpu_s) / c.share
+        return wall + np.maximum(0.0, bound - (wall + rest_s)), bound
+
     def breakdown(self, scheme: Scheme) -> LatencyBreakdown:
         prof = self.profile
+        cpu = prof.device_cpu
         if scheme.mode is Mode.DEVICE_ONLY:
-            return LatencyBreakdown(scheme, prof.device_full_model_s, 0.0, 0.0, 0)
+            if cpu is None:
+                return LatencyBreakdown(scheme, prof.device_full_model_s, 0.0, 0.0, 0)
+            device, bound = self._quota(cpu.full_model_cpu_s, 0, 0.0)
+            return LatencyBreakdown(scheme, float(device), 0.0, 0.0, 0, 0.0, float(bound))
         nbytes = self.wire_bytes(scheme)
         if scheme.mode is Mode.CLOUD_ONLY:
-            return LatencyBreakdown(scheme, 0.0, self.link.transfer_s(nbytes), prof.cloud_full_model_s, nbytes,
-                                    self.link.rtt_s)
+            transfer = self.link.transfer_s(nbytes)
+            device, bound = (0.0, 0.0) if cpu is None else self._quota(0.0, 1, transfer + prof.cloud_full_model_s)
+            return LatencyBreakdown(scheme, float(device), transfer, prof.cloud_full_model_s, nbytes,
+                                    self.link.rtt_s, float(bound))
         part = self._split_part(scheme)
         codec = prof.codec_entry(scheme.partition, scheme.bits)
         enc, dec = (codec.encode_s, codec.decode_s) if codec else (0.0, 0.0)
         values = scheme.channels * part.height * part.width
         enc = prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
         dec = prof.decode_s_per_value * values if prof.decode_s_per_value > 0 else dec
-        return LatencyBreakdown(scheme, part.device_head_s + enc, self.link.transfer_s(nbytes),
-                                dec + part.cloud_tail_s, nbytes, self.link.rtt_s)
+        transfer, cloud = self.link.transfer_s(nbytes), dec + part.cloud_tail_s
+        if cpu is None:
+            return LatencyBreakdown(scheme, part.device_head_s + enc, transfer, cloud, nbytes, self.link.rtt_s)
+        device, bound = self._quota(cpu.head_cpu_s[scheme.partition] + enc, 1, transfer + cloud)
+        return LatencyBreakdown(scheme, float(device), transfer, cloud, nbytes, self.link.rtt_s, float(bound))
 
     def latency_s(self, scheme: Scheme) -> float:
         return self.breakdown(scheme).total_s
@@ -195,8 +229,8 @@ class LatencyModel:
         """The scheme's pipeline stages, from the terms of its latency (they sum to it)."""
         b = self.breakdown(scheme)
         if b.wire_bytes == 0:                     # device-only: nothing on the link
-            return Stages(b.device_s, 0.0, 0.0, b.cloud_s)
-        return Stages(b.device_s, self.link.uplink_s(b.wire_bytes), b.rtt_s, b.cloud_s)
+            return Stages(b.device_s, 0.0, 0.0, b.cloud_s, b.cpu_bound_s)
+        return Stages(b.device_s, self.link.uplink_s(b.wire_bytes), b.rtt_s, b.cloud_s, b.cpu_bound_s)
 
     def cost_s(self, scheme: Scheme) -> float:
         """The scheme's seconds under `cost`: its latency, or its stream period at `depth`."""
@@ -222,7 +256,7 @@ class LatencyModel:
 
     def split_latencies(self, partition: np.ndarray, channels: np.ndarray, bits: np.ndarray) -> np.ndarray:
         """Vectorised latency_s of split schemes given as integer arrays P, C, B; seconds."""
-        device, uplink, rtt, cloud = self._split_stages(partition, channels, bits)
+        device, uplink, rtt, cloud, _ = self._split_stages(partition, channels, bits)
         # same association as LatencyBreakdown.total_s, so scalar and vector agree bit for bit
         return device + (uplink + rtt) + cloud
 
@@ -230,13 +264,14 @@ class LatencyModel:
         """Vectorised cost_s of split schemes; seconds (equal to cost_s bit for bit)."""
         if self.cost is Cost.LATENCY:
             return self.split_latencies(partition, channels, bits)
-        device, uplink, rtt, cloud = self._split_stages(partition, channels, bits)
+        device, uplink, rtt, cloud, bound = self._split_stages(partition, channels, bits)
         total = device + (uplink + rtt) + cloud
-        return np.maximum(np.maximum(np.maximum(device, uplink), cloud), total / self.depth)
+        return np.maximum(np.maximum(np.maximum(np.maximum(device, uplink), cloud), bound), total / self.depth)
 
     def _split_stages(self, partition: np.ndarray, channels: np.ndarray, bits: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray]:
-        """(device, uplink, rtt, cloud) seconds of split schemes P, C, B (Stages, vectorised)."""
+                      ) -> tuple[np.ndarray, np.ndarray, float, np.ndarray, np.ndarray | float]:
+        """(device, uplink, rtt, cloud, CPU bound) seconds of split schemes P, C, B (Stages,
+        vectorised)."""
         partition = np.asarray(partition, dtype=np.int64)
         channels = np.asarray(channels, dtype=np.int64)
         bits = np.asarray(bits, dtype=np.int64)
@@ -265,4 +300,9 @@ class LatencyModel:
         scaled = packed * ratio[partition, bits]
         nbytes = np.where(ratio[partition, bits] == 1.0, packed, np.ceil(scaled)) + channels * per_ch + header
         uplink = nbytes * 8.0 / (self.link.bandwidth_mbps * 1e6)
-        return head[partition] + enc_s, uplink, self.link.rtt_s, dec_s + tail[partition]
+        cloud = dec_s + tail[partition]
+        cpu = self.profile.device_cpu
+        if cpu is None:
+            return head[partition] + enc_s, uplink, self.link.rtt_s, cloud, 0.0
+        device, bound = self._quota(np.array(cpu.head_cpu_s)[partition] + enc_s, 1, (uplink + self.link.rtt_s) + cloud)
+        return device, uplink, self.link.rtt_s, cloud, bound

@@ -42,6 +42,21 @@ class PartitionProfile:
 
 
 @dataclass(frozen=True)
+class DeviceCpu:
+    """The device's CPU seconds (not wall seconds) and the CFS quota it runs under.
+
+    Under a quota a frame's device work runs at full speed while the period's budget lasts,
+    so its wall time depends on what the device did before (planner.latency prices it);
+    the same holds for a container with a CPU limit."""
+
+    share: float                      # fraction of one CPU the device may use (1: unlimited)
+    period_s: float                   # CFS period, s (0.1 by default)
+    head_cpu_s: tuple[float, ...]     # CPU s from the uint8 image to each cut
+    full_model_cpu_s: float           # CPU s of the whole network
+    call_cpu_s: float = 0.0           # CPU s of one cloud call on the device (gRPC, serialization)
+
+
+@dataclass(frozen=True)
 class CodecProfile:
     """Measured entropy coding of the packed feature map at one (partition, bits)."""
 
@@ -74,6 +89,7 @@ class Profile:
     header_bytes: int = 0                    # fixed per-message overhead, bytes
     encode_s_per_value: float = 0.0          # device encode s per value sent (C*H*W); 0: use codec
     decode_s_per_value: float = 0.0          # cloud decode s per value sent; 0: use codec
+    device_cpu: DeviceCpu | None = None      # CPU seconds and quota: None prices wall seconds only
     measured: dict[str, Any] = field(default_factory=dict, compare=False)  # host, repeats...
 
     def __post_init__(self) -> None:
@@ -131,6 +147,19 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
         raise ProfileError(f"{where}: expected codec_s_per_value seconds >= 0, got {per_value!r}")
     base = d.get("base_top1_error")
     rtt = d.get("rtt_s")
+    cpu = dev.get("cpu")
+    device_cpu = None
+    if cpu is not None:
+        try:
+            device_cpu = DeviceCpu(float(cpu["share"]), float(cpu["period_s"]),
+                                   tuple(float(v) for v in cpu["head_cpu_s"]), float(cpu["full_model_cpu_s"]),
+                                   float(cpu.get("call_cpu_s", 0.0)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProfileError(f"{where}: device.cpu: expected share, period_s, head_cpu_s, full_model_cpu_s "
+                               f"(call_cpu_s), got {cpu!r}") from e
+        if not (0 < device_cpu.share <= 1 and device_cpu.period_s > 0) or len(device_cpu.head_cpu_s) != len(parts):
+            raise ProfileError(f"{where}: device.cpu: expected 0 < share <= 1, period_s > 0 and one head_cpu_s "
+                               f"per partition ({len(parts)}), got {cpu!r}")
     return Profile(
         model=str(_req(d, "model", where)), dataset=d.get("dataset"),
         num_classes=int(d.get("num_classes", 0)),
@@ -145,7 +174,7 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
         rtt_s=None if rtt is None else float(rtt), codec=codec,
         side_bytes_per_channel=int(d.get("side_bytes_per_channel", 0)),
         header_bytes=int(d.get("header_bytes", 0)), encode_s_per_value=enc_pv, decode_s_per_value=dec_pv,
-        measured=dict(d.get("measured", {})))
+        device_cpu=device_cpu, measured=dict(d.get("measured", {})))
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
@@ -169,7 +198,11 @@ def profile_to_dict(p: Profile) -> dict:
         "model": p.model, "dataset": p.dataset, "num_classes": p.num_classes,
         "base_top1_error": p.base_top1_error,
         "input": {"shape": list(p.input_shape), "cloud_only_upload_bytes": p.cloud_only_upload_bytes},
-        "device": {"hardware": p.device_hardware, "full_model_s": p.device_full_model_s},
+        "device": {"hardware": p.device_hardware, "full_model_s": p.device_full_model_s,
+                   **({"cpu": {"share": p.device_cpu.share, "period_s": p.device_cpu.period_s,
+                               "head_cpu_s": list(p.device_cpu.head_cpu_s),
+                               "full_model_cpu_s": p.device_cpu.full_model_cpu_s,
+                               "call_cpu_s": p.device_cpu.call_cpu_s}} if p.device_cpu else {})},
         "cloud": {"hardware": p.cloud_hardware, "full_model_s": p.cloud_full_model_s},
         "bandwidths_mbps": list(p.bandwidths_mbps),
         "rtt_s": p.rtt_s,

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from planner.latency import BytesModel, LatencyModel, LatencyModelError, LinkModel
-from planner.profile import (CodecProfile, ProfileError, load_profile, profile_to_dict, save_profile)
+from planner.profile import (CodecProfile, DeviceCpu, ProfileError, load_profile, profile_to_dict, save_profile)
 from planner.scheme import CLOUD_ONLY, DEVICE_ONLY, Scheme
 from tests.planner_fixtures import SEED_PROFILE, seed_path, tiny_profile
 
@@ -116,3 +117,33 @@ def test_profile_command_measures_fmnist_vgg(tmp_path):
                                                                    (64, 7), (128, 7), (128, 3)]
     assert all(q.device_head_s > 0 and q.cloud_tail_s > 0 for q in p.partitions)
     assert p.cloud_only_upload_bytes == 28 * 28 and p.measured["statistic"] == "median"
+
+
+def test_cpu_quota_prices_the_device_from_cpu_seconds_and_the_budget(tmp_path):
+    """Under a quota: light frames run at full speed but no stream spends more CPU per second
+    than the share; a heavy head runs at the share after one period's budget."""
+    cpu = DeviceCpu(share=0.1, period_s=0.1, head_cpu_s=(0.0005, 0.33), full_model_cpu_s=0.0006,
+                    call_cpu_s=0.0007)
+    p = tiny_profile(device_cpu=cpu, rtt_s=0.002)
+    m = LatencyModel.from_profile(p, 2.0)
+    # cloud-only: 1000 B at 2 Mbps + rtt + cloud = 0.026 s serial; the call's CPU / share = 0.007 s
+    assert m.latency_s(CLOUD_ONLY) == pytest.approx(1000 * 8 / 2e6 + 0.002 + 0.02)
+    fast = LatencyModel.from_profile(replace(p, cloud_only_upload_bytes=10, cloud_full_model_s=0.0001), 100.0)
+    assert fast.latency_s(CLOUD_ONLY) == pytest.approx(0.007)        # the budget, not the link, sets it
+    assert m.latency_s(DEVICE_ONLY) == pytest.approx(0.006)          # 0.6 ms CPU at a 10% share
+    assert m.breakdown(DEVICE_ONLY).cpu_bound_s == pytest.approx(0.006)
+    heavy = Scheme.parse("1:16:8")                                    # 0.33 s CPU: the budget runs out
+    hb = m.breakdown(heavy)          # one frame: full speed for a period's budget, then 10%; a stream: 10%
+    assert hb.total_s == pytest.approx(max(0.33 / 0.1 - 0.1 * 0.9 + hb.transfer_s + hb.cloud_s, 0.3307 / 0.1))
+    light = Scheme.parse("0:8:8")                                     # 0.5 ms head + 0.7 ms call, 2 Mbps
+    b = m.breakdown(light)
+    assert b.cpu_bound_s == pytest.approx(0.012)
+    assert b.total_s == pytest.approx(max(0.0005 + b.transfer_s + b.cloud_s, 0.012))
+    rows = [(q, c, bits) for q in range(2) for c in (1, 8) for bits in (1, 4, 8)]
+    assert list(m.split_latencies(*np.array(rows).T)) == [m.latency_s(Scheme.split(*r)) for r in rows]
+    for s in (DEVICE_ONLY, CLOUD_ONLY, heavy, light):
+        assert m.stages(s).total_s == m.latency_s(s)
+    # without CPU figures the wall seconds stand, as before
+    assert LatencyModel.from_profile(tiny_profile(rtt_s=0.002), 2.0).latency_s(DEVICE_ONLY) == 1.0
+    save_profile(p, tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json").device_cpu == cpu
