@@ -13,6 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -103,6 +104,15 @@ def test_concurrent_requests_are_batched_on_both_replicas_with_plain_answers(fmn
         with ThreadPoolExecutor(16) as pool:
             ray_answers = list(pool.map(lambda r: ray_client.infer(r)[0], requests))
         plain_answers = [plain_client.infer(r)[0] for r in requests]
+        wrong = pb.InferRequest.FromString(requests[0].SerializeToString())
+        wrong.bank_scheme = "1:8:4"               # not the 3:16:4 map it carries: refused in the replica
+        details = []
+        for c in (ray_client, plain_client):
+            with pytest.raises(grpc.RpcError) as refused:
+                c.infer(wrong)
+            assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            details.append(refused.value.details())
+        assert details[0] == details[1] and "bank_scheme" in details[0]
     for r, p in zip(ray_answers, plain_answers):
         assert r.top1 == p.top1 and r.tail == p.tail
         np.testing.assert_allclose(r.logits, p.logits, atol=1e-4, rtol=0)   # batched convolutions round apart
