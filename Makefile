@@ -21,7 +21,7 @@ all: test
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[cloud,device,export,test]'
+	$(PY) -m pip install -q -e '.[cloud,device,export,ray,test]'
 	touch $@
 
 venv: $(STAMP)

@@ -5,7 +5,7 @@ import argparse
 import logging
 import sys
 
-from cloud.server import ServerConfig, serve
+from cloud.server import EngineKind, ServerConfig, serve
 from common.logs import LogFormat, configure_logging
 from planner.models import model_names
 
@@ -61,6 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--token-file", metavar="FILE", help="file with the bearer token calls must carry")
     s.add_argument("--metrics-port", type=int, metavar="P",
                    help="serve Prometheus metrics at http://HOST:P/metrics (0 picks a free port)")
+    s.add_argument("--engine", choices=[k.value for k in EngineKind], default=_D.engine.value,
+                   help="plain: decode and tails in this process; ray: in a Ray Serve deployment "
+                        "(pip install 'opt-coinfer[ray]')")
+    s.add_argument("--replicas", type=int, help=f"Ray Serve replicas of the tails (--engine ray; default {_D.replicas})")
+    s.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to join (--engine ray; default: start a local Ray instance)")
+    s.add_argument("--batch-max-size", type=int, metavar="N",
+                   help=f"requests a replica runs as one batch, 1 = off (--engine ray; default {_D.batch_max_size})")
+    s.add_argument("--batch-wait-s", type=float, metavar="S",
+                   help=f"how long a replica waits to fill a batch (--engine ray; default {_D.batch_wait_s})")
     s.add_argument("--log-format", choices=[f.value for f in LogFormat], default="text",
                    help="one line per event: text, or json for log shippers")
     s.add_argument("-v", "--verbose", action="store_true")
@@ -68,7 +78,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    ray_only = {"--replicas": args.replicas, "--ray-address": args.ray_address,
+                "--batch-max-size": args.batch_max_size, "--batch-wait-s": args.batch_wait_s}
+    given = [flag for flag, value in ray_only.items() if value is not None]
+    if args.engine != EngineKind.RAY.value and given:
+        parser.error(f"{', '.join(given)}: only with --engine ray")
     configure_logging(args.log_format, logging.DEBUG if args.verbose else logging.INFO)
     cfg = ServerConfig(host=args.host, port=args.port, model=args.model, weights=args.weights,
                        num_classes=args.num_classes, artifacts=tuple(args.artifact),
@@ -80,7 +96,11 @@ def main(argv: list[str] | None = None) -> int:
                        profile_repeats=args.profile_repeats, grace_s=args.grace_s,
                        torch_threads=args.threads, max_inflight_bytes=args.max_inflight_bytes,
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
-                       token_file=args.token_file)
+                       token_file=args.token_file, engine=EngineKind(args.engine),
+                       replicas=_D.replicas if args.replicas is None else args.replicas,
+                       ray_address=args.ray_address,
+                       batch_max_size=_D.batch_max_size if args.batch_max_size is None else args.batch_max_size,
+                       batch_wait_s=_D.batch_wait_s if args.batch_wait_s is None else args.batch_wait_s)
     try:
         return serve(cfg)
     except (ValueError, OSError) as e:

@@ -8,7 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -120,11 +120,15 @@ class ServedModel:
 
 
 class Engine:
-    """Runs requests against the served models. Thread-safe: models are only read."""
+    """Runs requests against the served models. Thread-safe: models are only read.
+
+    Validation, the answer cache and admission are here, once; the compute step (decode and
+    tail) is the `runner`'s: in this process by default, or on Ray Serve (cloud.ray_engine)."""
 
     def __init__(self, models: list[ServedModel], max_message_bytes: int,
-                 max_inflight_bytes: int = 1 << 30, answer_cache: int = 4096):
+                 max_inflight_bytes: int = 1 << 30, answer_cache: int = 4096, runner: TailRunner | None = None):
         self.models = {m.name: m for m in models}
+        self.runner = runner if runner is not None else LocalTails(self.models)
         self.max_message_bytes = max_message_bytes
         # the cache's bytes count in the memory bound; it may take an eighth of it
         self.answers = AnswerCache(answer_cache, max_bytes=min(32 << 20, max_inflight_bytes // 8))
@@ -153,7 +157,7 @@ class Engine:
         with self.budget.reserve(self.cost_bytes(served, req, received_bytes)):
             if time_remaining_s is not None and time_remaining_s <= 0:
                 raise DeadlineExpiredError("deadline passed before the request was started")
-            response = self.infer(req, received_bytes)
+            response = self.runner.infer(req, received_bytes)
         if not np.isfinite(np.asarray(response.logits, dtype=np.float32)).all():
             if req.WhichOneof("input") != "feature_map":
                 raise RuntimeError("the network produced non-finite logits from a valid image")
@@ -183,6 +187,39 @@ class Engine:
         return pb.ServerInfo(version=software_version(), max_message_bytes=self.max_message_bytes,
                              models=[m.info() for m in self.models.values()])
 
+@dataclass
+class Prepared:
+    """One request decoded and ready for its network part (cloud.engine.LocalTails)."""
+
+    request_id: str
+    x: torch.Tensor                           # (1, C, H, W) float32: decoded map or preprocessed image
+    run: Callable[[torch.Tensor], torch.Tensor]   # the tail (or whole network) to run on x
+    tail: int                                 # pb.Tail
+    key: tuple                                # requests with equal keys run as one batch
+    decode_s: float                           # decompress and dequantize time, seconds
+    received_bytes: int
+
+
+class TailRunner(Protocol):
+    """The compute step behind `Engine.handle`: decode and tail (or whole network)."""
+
+    def infer(self, req: pb.InferRequest, received_bytes: int) -> pb.InferResponse: ...
+
+    def close(self) -> None: ...
+
+
+class LocalTails:
+    """Decode and run tails in this process: the plain engine, and each Ray Serve replica."""
+
+    def __init__(self, models: dict[str, ServedModel]):
+        self.models = models
+
+    def close(self) -> None:
+        pass
+
+    def infer(self, req: pb.InferRequest, received_bytes: int) -> pb.InferResponse:
+        return self.run_batch([self.prepare(req, received_bytes)])[0][0]
+
     def _network(self, served: ServedModel, artifact_sha256: str, enc: codec.EncodedFeatureMap) -> SplitCNN:
         """The network that must run the tail: the unmodified one or the named artifact's."""
         if not artifact_sha256:
@@ -202,8 +239,9 @@ class Engine:
         return art.model
 
     @torch.inference_mode()
-    def infer(self, req: pb.InferRequest, received_bytes: int) -> pb.InferResponse:
-        served = self.model(req.model)
+    def prepare(self, req: pb.InferRequest, received_bytes: int) -> Prepared:
+        """Decode the request and pick the network part that answers it (validated requests only)."""
+        served = self.models[req.model]
         kind = req.WhichOneof("input")
         t0 = time.perf_counter()
         if kind == "feature_map":
@@ -223,8 +261,7 @@ class Engine:
                 tail, tail_kind = (lambda x: net.tail(x, p)), pb.TAIL_ARTIFACT
             fm = codec.decode_feature_map(enc, total_channels=c, height=h, width=w)
             x = torch.from_numpy(fm).unsqueeze(0)             # (1, C_p, H_p, W_p) float32
-            t1 = time.perf_counter()
-            logits = tail(x)[0]
+            key = (served.name, req.artifact_sha256, p, tail_kind, req.bank_scheme if tail_kind == pb.TAIL_BANK else "")
         elif kind == "image":
             if req.artifact_sha256:
                 raise ArtifactMismatchError(
@@ -232,16 +269,29 @@ class Engine:
             shape = (served.model.spec.in_channels, *served.input_hw)
             img = codec.decode_image(req.image, shape)        # (C, H, W) uint8
             x = served.model.preprocess(torch.from_numpy(img).unsqueeze(0))
-            t1 = time.perf_counter()
-            logits = served.model(x)[0]
-            tail_kind = pb.TAIL_FULL
+            tail, tail_kind, key = served.model, pb.TAIL_FULL, (served.name, "image")
         else:
             raise MissingInputError("input: expected a feature_map or an image, got neither")
-        t2 = time.perf_counter()
-        scores = logits.float().numpy()
-        return pb.InferResponse(request_id=req.request_id, logits=scores.tolist(),
-                                top1=int(np.argmax(scores)), decode_s=t1 - t0, tail_s=t2 - t1,
-                                received_bytes=received_bytes, tail=tail_kind)
+        return Prepared(req.request_id, x, tail, tail_kind, key, time.perf_counter() - t0, received_bytes)
+
+    @torch.inference_mode()
+    def run_batch(self, items: list[Prepared]) -> list[tuple[pb.InferResponse, int]]:
+        """Answers in the order of `items`, each with the size of the batch it ran in: items with
+        equal keys (model, artifact, partition, tail) run as one batch; tail_s is the batch's time."""
+        groups: dict[tuple, list[int]] = {}
+        for i, item in enumerate(items):
+            groups.setdefault(item.key, []).append(i)
+        out: list[tuple[pb.InferResponse, int] | None] = [None] * len(items)
+        for idx in groups.values():
+            t0 = time.perf_counter()
+            logits = items[idx[0]].run(torch.cat([items[i].x for i in idx])).float().numpy()   # (n, classes)
+            tail_s = time.perf_counter() - t0
+            for row, i in enumerate(idx):
+                scores, item = logits[row], items[i]
+                out[i] = (pb.InferResponse(request_id=item.request_id, logits=scores.tolist(),
+                                           top1=int(np.argmax(scores)), decode_s=item.decode_s, tail_s=tail_s,
+                                           received_bytes=item.received_bytes, tail=item.tail), len(idx))
+        return out
 
 
 def probe(req: pb.ProbeRequest, receive_ns: int, max_response_bytes: int = 1 << 20) -> pb.ProbeResponse:

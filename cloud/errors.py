@@ -55,6 +55,10 @@ class UnauthenticatedError(CloudError):
     """A call without a valid bearer token (raised by cloud.security, logged like any refusal)."""
 
 
+class EngineUnavailableError(ValueError):
+    """`--engine` names an engine whose packages are not installed (a start-up failure, exit 2)."""
+
+
 # exception class -> status code; the servicer consults only this table.
 STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     CodecError: grpc.StatusCode.INVALID_ARGUMENT,

@@ -44,6 +44,20 @@ class _StateCollector(Collector):
             tails.add_metric([name], len(served.artifacts) + (len(served.bank) if served.bank is not None else 0))
         yield loaded
         yield tails
+        stats = getattr(e.runner, "stats", None)       # the Ray engine's replicas (cloud.ray_engine)
+        if stats is not None:
+            per_replica, per_batch = stats()
+            replicas = CounterMetricFamily("coinfer_replica_requests", "Requests answered by each Ray Serve replica",
+                                           labels=["replica"])
+            for replica, n in sorted(per_replica.items()):
+                replicas.add_metric([replica], n)
+            batched = CounterMetricFamily("coinfer_replica_batched_requests", "Requests answered in a tail batch "
+                                          "of each size (equal model, artifact, partition and tail)",
+                                          labels=["batch_size"])
+            for size, n in sorted(per_batch.items()):
+                batched.add_metric([str(size)], n)
+            yield replicas
+            yield batched
 
 
 class CloudMetrics:

@@ -4,18 +4,21 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import enum
 import logging
 import signal
 import time
 from concurrent import futures
 from dataclasses import dataclass
+from typing import Callable
 
 import grpc
 import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cloud.engine import Engine, ServedModel
+from cloud.engine import Engine, LocalTails, ServedModel, TailRunner
+from cloud.errors import EngineUnavailableError
 from cloud.security import TokenInterceptor, refusal_reporter, server_credentials
 from cloud.servicer import CoInferServicer
 from common.credentials import SecurityConfigError, is_loopback, read_token
@@ -30,6 +33,12 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CoInfer"].full_name  # "coinfer.v1.CoInfer"
 # Large enough for the lossless float32 path of vgg16_bn at 224x224 (partition 0:
 # 64 x 224 x 224 x 4 B = 12.8 MB) with headroom; anything larger is RESOURCE_EXHAUSTED.
+
+
+class EngineKind(enum.Enum):
+    """Where decode and tails run: in the daemon, or in a Ray Serve deployment behind it."""
+    PLAIN = "plain"
+    RAY = "ray"
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,11 @@ class ServerConfig:
     max_connection_idle_s: float = 300.0  # GOAWAY to a connection without calls for this long, seconds
     max_connection_age_s: float = 3600.0  # GOAWAY to any connection this old, seconds (clients reconnect)
     max_connection_age_grace_s: float = 300.0  # then calls still open get this long before they end
+    engine: EngineKind = EngineKind.PLAIN  # RAY: decode and tails in Ray Serve replicas (cloud.ray_engine)
+    replicas: int = 2                    # Ray Serve replicas of the tails (engine RAY)
+    ray_address: str | None = None       # Ray cluster to join; None = start a local Ray instance
+    batch_max_size: int = 8              # most requests one replica runs as one batch; 1 = no batching
+    batch_wait_s: float = 0.002          # how long a replica waits to fill a batch, seconds
 
 
 # Calls beyond the bounds above that grpc itself refuses: health checks and refusals
@@ -221,8 +235,29 @@ def serve(cfg: ServerConfig) -> int:
     if cfg.torch_threads:
         torch.set_num_threads(cfg.torch_threads)
     validate_security(cfg)
-    engine = Engine([load_served_model(cfg)], cfg.max_message_bytes, cfg.max_inflight_bytes)
-    return asyncio.run(_serve(cfg, engine))
+    start_runner = tail_runner_factory(cfg)       # refuses --engine ray without Ray before loading
+    served = load_served_model(cfg)
+    runner = start_runner(cfg, {served.name: served})
+    try:
+        engine = Engine([served], cfg.max_message_bytes, cfg.max_inflight_bytes, runner=runner)
+        return asyncio.run(_serve(cfg, engine))
+    finally:
+        runner.close()
+
+
+def tail_runner_factory(cfg: ServerConfig) -> Callable[[ServerConfig, dict[str, ServedModel]], TailRunner]:
+    """What starts the compute step for `cfg.engine` (ValueError with the install hint when the
+    engine's packages are missing)."""
+    if cfg.engine is EngineKind.PLAIN:
+        return lambda _cfg, models: LocalTails(models)
+    try:
+        from cloud.ray_engine import RayTails
+    except ImportError as e:
+        if (e.name or "").split(".")[0] != "ray":
+            raise
+        raise EngineUnavailableError("--engine ray needs Ray Serve, which is not installed here: "
+                                     "pip install 'opt-coinfer[ray]'") from None
+    return lambda cfg, _models: RayTails(cfg)
 
 
 async def _serve(cfg: ServerConfig, engine: Engine) -> int:
