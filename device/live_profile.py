@@ -73,6 +73,10 @@ class LiveState:
     bytes: ByteRatios = field(default_factory=ByteRatios)
     cpu_limit: tuple[float, float] | None = None      # (share, CFS period s) of this process's cgroup
     call_cpu_s: Callable[[], float | None] = lambda: None   # device CPU s of one cloud call, as measured
+    loop_cpu_s: float | None = None      # EWMA: process CPU s between one frame's end and the next's start
+
+    def observe_loop_cpu(self, cpu_s: float, alpha: float = 0.2) -> None:
+        self.loop_cpu_s = _ewma(self.loop_cpu_s, cpu_s, alpha)
 
     def device_cpu(self) -> DeviceCpu | None:
         """CPU seconds and the quota, when the device runs under a CPU limit (else wall seconds
@@ -81,7 +85,7 @@ class LiveState:
         if self.cpu_limit is None or self.cpu_limit[0] >= 1 or not d.head_cpu_s:
             return None
         return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], d.head_cpu_s, d.full_model_cpu_s,
-                         self.call_cpu_s() or 0.0)
+                         self.call_cpu_s() or 0.0, self.loop_cpu_s or 0.0)
 
     def profile(self) -> Profile:
         heads, (h, w) = self.heads, self.heads.input_hw

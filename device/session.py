@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import grpc
@@ -68,6 +69,7 @@ class LiveSession:
     # CPU quota the previous scheme's frames used up): it does not sample the link
     _last_scheme: Scheme | None = None
     _switched: bool = False
+    _cpu_frame_end: float | None = None    # process CPU seconds when the last frame ended
 
     def __post_init__(self) -> None:
         self.runner.on_answer = self._observe
@@ -199,6 +201,17 @@ class LiveSession:
         return out
 
     def process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
+        """One frame; the CPU this process spent since the previous frame ended (reading the next
+        image, writing results, probing, planning) is what a CPU quota rations beside the frame."""
+        now = time.process_time()
+        if self._cpu_frame_end is not None:
+            self.state.observe_loop_cpu(now - self._cpu_frame_end)
+        try:
+            return self._process(image, label)
+        finally:
+            self._cpu_frame_end = time.process_time()
+
+    def _process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
         self._probe_if_stale()
         planned, replanned = self._planned()
         self._switched = planned != self._last_scheme

@@ -190,11 +190,18 @@ class LatencyModel:
 
     def _quota(self, work_cpu_s, calls: int, rest_s):
         """(device wall s, CPU bound s) of a frame whose device work is `work_cpu_s` CPU
-        seconds, with `calls` cloud calls and `rest_s` seconds on the link and the cloud."""
+        seconds, with `calls` cloud calls and `rest_s` seconds on the link and the cloud.
+
+        A stream of such frames cycles no faster than its CPU (the frame's, and the loop's
+        between frames) over the share; the stall that makes up the difference falls where the
+        budget runs out, in the frame for the frame's share of that CPU."""
         c = self.profile.device_cpu
         wall = self._wall(work_cpu_s)
-        bound = (work_cpu_s + calls * c.call_cpu_s) / c.share
-        return wall + np.maximum(0.0, bound - (wall + rest_s)), bound
+        frame_cpu = work_cpu_s + calls * c.call_cpu_s
+        cycle_cpu = frame_cpu + c.loop_cpu_s
+        bound = cycle_cpu / c.share
+        stall = np.maximum(0.0, bound - (wall + rest_s + c.loop_cpu_s))
+        return wall + stall * (frame_cpu / np.maximum(cycle_cpu, 1e-12)), bound
 
     def breakdown(self, scheme: Scheme) -> LatencyBreakdown:
         prof = self.profile

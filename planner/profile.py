@@ -54,6 +54,7 @@ class DeviceCpu:
     head_cpu_s: tuple[float, ...]     # CPU s from the uint8 image to each cut
     full_model_cpu_s: float           # CPU s of the whole network
     call_cpu_s: float = 0.0           # CPU s of one cloud call on the device (gRPC, serialization)
+    loop_cpu_s: float = 0.0           # CPU s per frame outside it (next image, results): rationed too
 
 
 @dataclass(frozen=True)
@@ -153,7 +154,7 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
         try:
             device_cpu = DeviceCpu(float(cpu["share"]), float(cpu["period_s"]),
                                    tuple(float(v) for v in cpu["head_cpu_s"]), float(cpu["full_model_cpu_s"]),
-                                   float(cpu.get("call_cpu_s", 0.0)))
+                                   float(cpu.get("call_cpu_s", 0.0)), float(cpu.get("loop_cpu_s", 0.0)))
         except (KeyError, TypeError, ValueError) as e:
             raise ProfileError(f"{where}: device.cpu: expected share, period_s, head_cpu_s, full_model_cpu_s "
                                f"(call_cpu_s), got {cpu!r}") from e
@@ -202,7 +203,8 @@ def profile_to_dict(p: Profile) -> dict:
                    **({"cpu": {"share": p.device_cpu.share, "period_s": p.device_cpu.period_s,
                                "head_cpu_s": list(p.device_cpu.head_cpu_s),
                                "full_model_cpu_s": p.device_cpu.full_model_cpu_s,
-                               "call_cpu_s": p.device_cpu.call_cpu_s}} if p.device_cpu else {})},
+                               "call_cpu_s": p.device_cpu.call_cpu_s,
+                               "loop_cpu_s": p.device_cpu.loop_cpu_s}} if p.device_cpu else {})},
         "cloud": {"hardware": p.cloud_hardware, "full_model_s": p.cloud_full_model_s},
         "bandwidths_mbps": list(p.bandwidths_mbps),
         "rtt_s": p.rtt_s,

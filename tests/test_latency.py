@@ -145,5 +145,15 @@ def test_cpu_quota_prices_the_device_from_cpu_seconds_and_the_budget(tmp_path):
         assert m.stages(s).total_s == m.latency_s(s)
     # without CPU figures the wall seconds stand, as before
     assert LatencyModel.from_profile(tiny_profile(rtt_s=0.002), 2.0).latency_s(DEVICE_ONLY) == 1.0
-    save_profile(p, tmp_path / "p.json")
-    assert load_profile(tmp_path / "p.json").device_cpu == cpu
+    # CPU between frames (the next image, the results) is rationed too; the stall it adds falls in
+    # the frame for the frame's share of the cycle's CPU
+    looped = replace(p, device_cpu=replace(cpu, loop_cpu_s=0.0003), cloud_only_upload_bytes=10,
+                     cloud_full_model_s=0.0001)
+    m2 = LatencyModel.from_profile(looped, 100.0)
+    assert m2.latency_s(DEVICE_ONLY) == pytest.approx(0.006)         # whatever the loop: full CPU / share
+    rest = 10 * 8 / 100e6 + 0.002 + 0.0001
+    assert m2.latency_s(CLOUD_ONLY) == pytest.approx(rest + (0.001 / 0.1 - rest - 0.0003) * 0.7)
+    assert m2.breakdown(CLOUD_ONLY).cpu_bound_s == pytest.approx(0.01)
+    assert list(m2.split_latencies(*np.array(rows).T)) == [m2.latency_s(Scheme.split(*r)) for r in rows]
+    save_profile(looped, tmp_path / "p.json")
+    assert load_profile(tmp_path / "p.json").device_cpu == looped.device_cpu
