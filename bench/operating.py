@@ -19,7 +19,6 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 from bench import common
 from bench.linkbench.config import LinkBenchConfig, cloud_args
