@@ -37,6 +37,7 @@ class ByteRatios:
     encode_s_per_value: float | None = None
     decode_s_per_value: float | None = None
     image_ratio: float | None = None   # cloud-only: compressed / raw image bytes
+    encode_s_fixed: float = 0.0         # the encoder's seconds per frame (DeviceTimes), not per value
 
     def observe(self, req: pb.InferRequest, encode_s: float | None = None, decode_s: float | None = None) -> None:
         kind = req.WhichOneof("input")
@@ -53,8 +54,9 @@ class ByteRatios:
                 if value is not None:
                     table[key] = _ewma(table.get(key), value, self.alpha)
             values = fm.channels * fm.height * fm.width
-            if encode_s is not None:
-                self.encode_s_per_value = _ewma(self.encode_s_per_value, encode_s / values, self.alpha)
+            if encode_s is not None:      # the per-frame part is the start-up measure's (encode_s_fixed)
+                self.encode_s_per_value = _ewma(self.encode_s_per_value,
+                                                max(0.0, encode_s - self.encode_s_fixed) / values, self.alpha)
             if decode_s is not None:
                 self.decode_s_per_value = _ewma(self.decode_s_per_value, decode_s / values, self.alpha)
         elif kind == "image":
@@ -74,6 +76,9 @@ class LiveState:
     cpu_limit: tuple[float, float] | None = None      # (share, CFS period s) of this process's cgroup
     call_cpu_s: Callable[[], float | None] = lambda: None   # device CPU s of one cloud call, as measured
     loop_cpu_s: float | None = None      # EWMA: process CPU s between one frame's end and the next's start
+
+    def __post_init__(self) -> None:
+        self.bytes.encode_s_fixed = self.device.encode_s_fixed
 
     def observe_loop_cpu(self, cpu_s: float, alpha: float = 0.2) -> None:
         self.loop_cpu_s = _ewma(self.loop_cpu_s, cpu_s, alpha)
@@ -109,6 +114,7 @@ class LiveState:
             cloud_hardware="coinfer-cloud (server-info)", rtt_s=self.link.rtt_s, codec=codec,
             side_bytes_per_channel=SIDE_BYTES_PER_CHANNEL, header_bytes=HEADER_BYTES,
             encode_s_per_value=b.encode_s_per_value or self.device.encode_s_per_value,
+            encode_s_fixed=self.device.encode_s_fixed,
             decode_s_per_value=b.decode_s_per_value or 0.0, device_cpu=self.device_cpu(),
             measured={"bandwidth_mbps": self.link.bandwidth_mbps, "link_samples": self.link.samples,
                       "device_repeats": self.device.repeats, "source": "coinfer-device live"})

@@ -92,7 +92,8 @@ def with_device_speed(profile: Profile, speed: float) -> Profile:
     codec = tuple(dataclasses.replace(c, encode_s=c.encode_s / speed) for c in profile.codec)
     return dataclasses.replace(profile, partitions=parts, codec=codec,
                                device_full_model_s=profile.device_full_model_s / speed,
-                               encode_s_per_value=profile.encode_s_per_value / speed)
+                               encode_s_per_value=profile.encode_s_per_value / speed,
+                               encode_s_fixed=profile.encode_s_fixed / speed)
 
 
 def frontier_schemes(profile: Profile, view: AccuracyView, bandwidths_mbps: Sequence[float],

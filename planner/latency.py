@@ -221,7 +221,7 @@ class LatencyModel:
         codec = prof.codec_entry(scheme.partition, scheme.bits)
         enc, dec = (codec.encode_s, codec.decode_s) if codec else (0.0, 0.0)
         values = scheme.channels * part.height * part.width
-        enc = prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
+        enc = prof.encode_s_fixed + prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
         dec = prof.decode_s_per_value * values if prof.decode_s_per_value > 0 else dec
         transfer, cloud = self.link.transfer_s(nbytes), dec + part.cloud_tail_s
         if cpu is None:
@@ -298,7 +298,8 @@ class LatencyModel:
                 enc[c.partition, c.bits] = c.encode_s
                 dec[c.partition, c.bits] = c.decode_s
         values = channels * hw[partition]
-        enc_s = (values * self.profile.encode_s_per_value if self.profile.encode_s_per_value > 0
+        enc_s = (self.profile.encode_s_fixed + values * self.profile.encode_s_per_value
+                 if self.profile.encode_s_per_value > 0
                  else enc[partition, bits])
         dec_s = (values * self.profile.decode_s_per_value if self.profile.decode_s_per_value > 0
                  else dec[partition, bits])

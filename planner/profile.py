@@ -89,6 +89,7 @@ class Profile:
     side_bytes_per_channel: int = 0          # per-channel quantization side data, bytes
     header_bytes: int = 0                    # fixed per-message overhead, bytes
     encode_s_per_value: float = 0.0          # device encode s per value sent (C*H*W); 0: use codec
+    encode_s_fixed: float = 0.0              # ... plus these device encode s per frame
     decode_s_per_value: float = 0.0          # cloud decode s per value sent; 0: use codec
     device_cpu: DeviceCpu | None = None      # CPU seconds and quota: None prices wall seconds only
     measured: dict[str, Any] = field(default_factory=dict, compare=False)  # host, repeats...
@@ -143,8 +144,8 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
     per_value = d.get("codec_s_per_value") or {}
     if not isinstance(per_value, dict):
         raise ProfileError(f"{where}: expected codec_s_per_value as an object, got {per_value!r}")
-    enc_pv, dec_pv = (float(per_value.get(k) or 0.0) for k in ("encode_s", "decode_s"))
-    if not (0 <= enc_pv < math.inf and 0 <= dec_pv < math.inf):
+    enc_pv, dec_pv, enc_fixed = (float(per_value.get(k) or 0.0) for k in ("encode_s", "decode_s", "encode_fixed_s"))
+    if not (0 <= enc_pv < math.inf and 0 <= dec_pv < math.inf and 0 <= enc_fixed < math.inf):
         raise ProfileError(f"{where}: expected codec_s_per_value seconds >= 0, got {per_value!r}")
     base = d.get("base_top1_error")
     rtt = d.get("rtt_s")
@@ -175,7 +176,7 @@ def profile_from_dict(d: dict, where: str = "<profile>") -> Profile:
         rtt_s=None if rtt is None else float(rtt), codec=codec,
         side_bytes_per_channel=int(d.get("side_bytes_per_channel", 0)),
         header_bytes=int(d.get("header_bytes", 0)), encode_s_per_value=enc_pv, decode_s_per_value=dec_pv,
-        device_cpu=device_cpu, measured=dict(d.get("measured", {})))
+        encode_s_fixed=enc_fixed, device_cpu=device_cpu, measured=dict(d.get("measured", {})))
 
 
 def load_profile(path: str | os.PathLike) -> Profile:
@@ -216,7 +217,8 @@ def profile_to_dict(p: Profile) -> dict:
              "cloud_tail_s": q.cloud_tail_s} for q in p.partitions],
         "codec": [{"partition": c.partition, "bits": c.bits, "zstd_ratio": c.zstd_ratio,
                    "encode_s": c.encode_s, "decode_s": c.decode_s} for c in p.codec],
-        "codec_s_per_value": {"encode_s": p.encode_s_per_value, "decode_s": p.decode_s_per_value},
+        "codec_s_per_value": {"encode_s": p.encode_s_per_value, "decode_s": p.decode_s_per_value,
+                              "encode_fixed_s": p.encode_s_fixed},
         "measured": p.measured,
     }
 
