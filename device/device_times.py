@@ -55,7 +55,7 @@ class CacheEvictor:
         self._buf += 1.0
 
 
-def measure_encode_s(maps: list[tuple[int, np.ndarray]], evict: CacheEvictor, repeats: int = 3
+def measure_encode_s(maps: list[tuple[int, np.ndarray]], evict: CacheEvictor, repeats: int = 5
                      ) -> tuple[float, float]:
     """(fixed seconds per frame, seconds per value) of the encoder at ENCODE_BITS bits, cold
     caches: one channel of each cut's map prices the fixed part (per-channel parameters, the
@@ -69,12 +69,16 @@ def measure_encode_s(maps: list[tuple[int, np.ndarray]], evict: CacheEvictor, re
             return time.thread_time() - t0
         return statistics.median(run() for _ in range(repeats))
     one = np.zeros(1, dtype=np.uint32)
-    fixed = statistics.median(cold(lambda: codec.feature_map_to_proto(codec.encode_feature_map(
-        fm, p, one, ENCODE_BITS))) for p, fm in maps) if maps else 0.0
-    full = sum(cold(lambda: codec.feature_map_to_proto(codec.encode_feature_map(fm, p, None, ENCODE_BITS)))
-               for p, fm in maps)
-    values = sum(fm.size for _, fm in maps)
-    return fixed, (max(0.0, full - fixed * len(maps)) / values if values else 0.0)
+    small, large, dvalues = [], [], 0
+    for p, fm in maps:        # per cut: one channel, then all of them; the difference is per value
+        small.append(cold(lambda: codec.feature_map_to_proto(codec.encode_feature_map(fm, p, one, ENCODE_BITS))))
+        large.append(cold(lambda: codec.feature_map_to_proto(codec.encode_feature_map(fm, p, None, ENCODE_BITS))))
+        dvalues += fm.size - fm.shape[1] * fm.shape[2]
+    if not maps:
+        return 0.0, 0.0
+    # small maps: the difference can drown in timing noise, and then the cost is the fixed part
+    slope = max(0.0, (sum(large) - sum(small)) / dvalues) if dvalues else 0.0
+    return statistics.median(small), slope
 
 
 def measure_device_times(heads: Heads, repeats: int = 5, warmup: int = 1, cpu_quota: float | None = None,

@@ -16,6 +16,8 @@ from protos.coinfer.v1 import coinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
 
+RTT_REPLAN_MIN_S = 0.005   # a round-trip change smaller than this never triggers a new plan
+
 
 def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe_prefix: str = "ft0-"
                     ) -> tuple[dict[Scheme, float], float]:
@@ -53,6 +55,7 @@ class LivePlanner:
     strategy: Strategy = Strategy.EXHAUSTIVE
     seed: int = 0
     planned_mbps: float | None = None
+    planned_rtt_s: float | None = None  # the base round trip the current plan was made for
     current: SearchResult | None = None
     plans: int = 0
     from_bank: bool = False           # accuracies are the cloud's bank's, learnt from its server info
@@ -70,18 +73,27 @@ class LivePlanner:
                         "only (plan over database rows with --recipe PREFIX)", info.name)
         self.current = self.planned_mbps = None
 
-    def needs_plan(self, bandwidth_mbps: float) -> bool:
+    def needs_plan(self, bandwidth_mbps: float, rtt_s: float | None = None) -> bool:
+        """A new plan when the bandwidth, or the base round trip, left the hysteresis band of
+        the planned one (the round trip only when it also moved by RTT_REPLAN_MIN_S: on a LAN
+        it wobbles by fractions of a millisecond, which moves no choice)."""
         if self.current is None or self.planned_mbps is None:
             return True
         lo, hi = self.planned_mbps / (1 + self.hysteresis), self.planned_mbps * (1 + self.hysteresis)
-        return not lo <= bandwidth_mbps <= hi
+        if not lo <= bandwidth_mbps <= hi:
+            return True
+        if rtt_s is None or self.planned_rtt_s is None:
+            return False
+        moved = abs(rtt_s - self.planned_rtt_s)
+        return moved >= RTT_REPLAN_MIN_S and not (
+            self.planned_rtt_s / (1 + self.hysteresis) <= rtt_s <= self.planned_rtt_s * (1 + self.hysteresis))
 
     def plan(self, profile: Profile, bandwidth_mbps: float) -> SearchResult:
         lat = LatencyModel.from_profile(profile, bandwidth_mbps, cost=self.objective, depth=self.pipeline_depth)
         cands = build_candidates(lat, Space.DB, self.errors)
         result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
                         SearchConfig(seed=self.seed), self.strategy)
-        self.current, self.planned_mbps = result, bandwidth_mbps
+        self.current, self.planned_mbps, self.planned_rtt_s = result, bandwidth_mbps, profile.rtt_s
         self.plans += 1
         return result
 

@@ -145,12 +145,13 @@ class LiveSession:
             return self.fixed, False
         bw = self.state.link.bandwidth_mbps
         replanned = False
-        if bw is not None and self.state.server is not None and self.planner.needs_plan(bw):
+        if bw is not None and self.state.server is not None and self.planner.needs_plan(bw, self.state.link.rtt_s):
             before = self.planner.current.scheme if self.planner.current else None
             result = self.planner.plan(self.state.profile(), bw)
             replanned = True
-            log.info("planned %s at %.3f Mbps (was %s): predicted %.4f s", result.scheme or result.best_single_end,
-                     bw, before, result.latency_s or float("nan"))
+            log.info("planned %s at %.3f Mbps, rtt %s (was %s): predicted %.4f s",
+                     result.scheme or result.best_single_end, bw, self.state.link.rtt_s, before,
+                     result.latency_s or float("nan"))
         if self.planner.current is None:      # the cloud has not answered yet
             return None, replanned
         return self.planner.scheme(), replanned

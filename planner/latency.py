@@ -221,7 +221,8 @@ class LatencyModel:
         codec = prof.codec_entry(scheme.partition, scheme.bits)
         enc, dec = (codec.encode_s, codec.decode_s) if codec else (0.0, 0.0)
         values = scheme.channels * part.height * part.width
-        enc = prof.encode_s_fixed + prof.encode_s_per_value * values if prof.encode_s_per_value > 0 else enc
+        per_value = prof.encode_s_per_value > 0 or prof.encode_s_fixed > 0
+        enc = prof.encode_s_fixed + prof.encode_s_per_value * values if per_value else enc
         dec = prof.decode_s_per_value * values if prof.decode_s_per_value > 0 else dec
         transfer, cloud = self.link.transfer_s(nbytes), dec + part.cloud_tail_s
         if cpu is None:
@@ -299,7 +300,7 @@ class LatencyModel:
                 dec[c.partition, c.bits] = c.decode_s
         values = channels * hw[partition]
         enc_s = (self.profile.encode_s_fixed + values * self.profile.encode_s_per_value
-                 if self.profile.encode_s_per_value > 0
+                 if self.profile.encode_s_per_value > 0 or self.profile.encode_s_fixed > 0
                  else enc[partition, bits])
         dec_s = (values * self.profile.decode_s_per_value if self.profile.decode_s_per_value > 0
                  else dec[partition, bits])
