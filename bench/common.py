@@ -56,6 +56,21 @@ def header(title: str, command: str | None = None, load: RunLoad | None = None) 
     return lines + [""]
 
 
+def command_line(module: str, argv: list[str] | None) -> str:
+    """The command a run was started with, as its result file names it."""
+    return " ".join([f"python -m {module}", *(sys.argv[1:] if argv is None else argv)])
+
+
+def net_admin_problem() -> str | None:
+    """Why the shaped-link benches cannot run here (namespaces, tc need root), or None."""
+    from testbed import LinkUnavailable, require_net_admin
+    try:
+        require_net_admin()
+    except LinkUnavailable as e:
+        return str(e)
+    return None
+
+
 def notes_line(section: str) -> str:
     """One line pointing at the hand-written notes for this result (not part of the run)."""
     return f"How to read this: [{NOTES_DOC}](../../{NOTES_DOC}#{section})."

@@ -40,7 +40,6 @@ from bench.linkbench.markdown import markdown, rate_change_lines, runtime_compar
 from bench.linkbench.measure import run_link_bench
 from bench.linkbench.processes import REPO
 from bench.linkbench.rate_change import follow_rate_change
-from testbed import LinkUnavailable, require_net_admin
 
 SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
 SEED_FILES = ("latency_search.txt", "accuracy_search.txt")   # later file wins where both hold a scheme
@@ -200,12 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit-scale", type=float, default=1.0, help="multiply every image count (min 2)")
     p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     args = p.parse_args(argv)
-    try:
-        require_net_admin()
-    except LinkUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (problem := common.net_admin_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    cmd = "python -m bench.link " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = common.command_line("bench.link", argv)
     load = common.RunLoad()
     work = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-"))
     out = work / "out" if args.no_write else OUT_DIR

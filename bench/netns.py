@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bench import common
-from testbed import LinkUnavailable, ShapedLink, ShapingUnavailable, TbfShape, cleanup_stale, require_net_admin
+from testbed import ShapedLink, ShapingUnavailable, TbfShape, cleanup_stale
 from testbed.goodput import measure_goodput
 from testbed.tbf import FRAME_BYTES, TCP_PAYLOAD_PER_FRAME
 
@@ -92,14 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        require_net_admin()
-    except LinkUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (problem := common.net_admin_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
     cleanup_stale()
     load = common.RunLoad()
-    command = " ".join(["python -m bench.netns", *(sys.argv[1:] if argv is None else argv)])
+    command = common.command_line("bench.netns", argv)
     body = goodput_lines(args.rates, args.seconds, args.repeats) + [""] + quota_lines(args.quota)
     body += ["", "### This kernel", "",
              f"- kernel: {platform.release()}",

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, replace
 
 from bench import common
 from bench.linkbench.config import LinkBenchConfig, cloud_args
 from bench.linkbench.processes import Children, run_device_infer
-from testbed import LinkUnavailable, ShapedLink, cleanup_stale, require_net_admin
+from testbed import ShapedLink, cleanup_stale
 
 MODEL = "fmnist-vgg"
 LOSSES = (0.02, 0.05)
@@ -122,19 +121,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--limit", type=int, default=2000, help="images per run")
     p.add_argument("--no-write", action="store_true", help="print only; do not write bench/results")
     args = p.parse_args(argv)
-    try:
-        require_net_admin()
-    except LinkUnavailable as e:
-        print(f"error: {e}", file=sys.stderr)
+    if (problem := common.net_admin_problem()) is not None:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
-    cmd = "python -m bench.operating " + " ".join(argv if argv is not None else sys.argv[1:])
+    cmd = common.command_line("bench.operating", argv)
     load = common.RunLoad()
     cleanup_stale()
     results = []
-    with tempfile.TemporaryDirectory(prefix="coinfer-bench-operating-"):
-        for pt in POINTS:
-            print(f"quota {pt.quota:g}, {pt.rate_mbps:g} Mbps (predicted: {pt.predicted})", flush=True)
-            results.append(measure_point(pt, args.limit, lambda s: print(s, flush=True)))
+    for pt in POINTS:
+        print(f"quota {pt.quota:g}, {pt.rate_mbps:g} Mbps (predicted: {pt.predicted})", flush=True)
+        results.append(measure_point(pt, args.limit, lambda s: print(s, flush=True)))
     lines = common.header("auto at operating points, measured (fmnist-vgg over its bank)", cmd, load)
     lines += lines_for(results, args.limit) + ["", common.notes_line("operating")]
     if args.no_write:
