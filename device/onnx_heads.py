@@ -3,7 +3,6 @@ planner.export for its layout).  Imports no torch: a device installed with
 `pip install 'opt-coinfer[device]'` has none."""
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from device.heads import Heads, Runtime, TimedPass
-from planner.registry import PartitionSpec, get_spec
+from planner.registry import PartitionSpec, file_sha256, get_spec
 
 FORMAT = "coinfer-export/1"       # planner.export.FORMAT (that module needs torch to import)
 MANIFEST = "export.json"
@@ -19,14 +18,6 @@ MANIFEST = "export.json"
 
 class ExportDirError(ValueError):
     """An export directory that is missing, incomplete, altered or not of this format."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_export_manifest(directory: str | Path) -> dict:
@@ -59,8 +50,9 @@ class OnnxHeads(Heads):
             f = root / name
             if not f.is_file():
                 raise ExportDirError(f"--export {str(root)!r}: {name} is missing")
-            if _sha256(f) != want:
-                raise ExportDirError(f"--export {str(root)!r}: {name} has sha256 {_sha256(f)}, the manifest "
+            got = file_sha256(f)
+            if got != want:
+                raise ExportDirError(f"--export {str(root)!r}: {name} has sha256 {got}, the manifest "
                                      f"says {want}: the export was altered or is incomplete; export again")
         self.manifest = m
         self.spec = get_spec(m["model"])
