@@ -147,10 +147,12 @@ def print_frame(i: int, r: FrameResult, as_json: bool, extra: dict | None = None
 
 
 def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event | None = None,
-            interval_s: float = 0.0) -> tuple[list[FrameResult], float]:
-    """Every frame's result, in order, and the wall seconds from the first frame's start to the
-    last answer.  On `stop` no new frame starts; those in flight are still answered."""
+            interval_s: float = 0.0) -> tuple[list[FrameResult], float, float]:
+    """Every frame's result, in order, and the wall and process CPU seconds (every thread)
+    from the first frame's start to the last answer.  On `stop` no new frame starts; those in
+    flight are still answered."""
     started: list[float] = []
+    cpu_started: list[float] = []
 
     def source():
         for i, item in enumerate(frames):
@@ -158,6 +160,7 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
                 return
             if not started:
                 started.append(time.perf_counter())
+                cpu_started.append(time.process_time())
             yield item
 
     results = []
@@ -165,11 +168,14 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
         results.append(r)
         if not args.quiet:
             print_frame(i, r, args.json, extra)
-    return results, (time.perf_counter() - started[0]) if started else 0.0
+    if not started:
+        return results, 0.0, 0.0
+    return results, time.perf_counter() - started[0], time.process_time() - cpu_started[0]
 
 
-def print_summary(dev: Device, results: list[FrameResult], as_json: bool, wall_s: float | None = None) -> None:
-    summary = summarize(results, wall_s)
+def print_summary(dev: Device, results: list[FrameResult], as_json: bool, wall_s: float | None = None,
+                  cpu_s: float | None = None) -> None:
+    summary = summarize(results, wall_s, cpu_s)
     if dev.session is not None:
         link = dev.session.state.link
         summary.update(bandwidth_mbps=link.bandwidth_mbps, link_rtt_s=link.rtt_s, plans=dev.session.planner.plans)
@@ -195,10 +201,10 @@ def run_infer(args: argparse.Namespace) -> int:
         hw = dev.input_hw
         frames = (dataset_images(args.dataset, dev.heads.spec, hw, args.limit, args.offset) if args.dataset
                   else file_images(args.images, dev.heads.spec, hw))
-        results, wall_s = process(dev, frames, args)
+        results, wall_s, cpu_s = process(dev, frames, args)
     finally:
         dev.close()
-    print_summary(dev, results, args.json, wall_s)
+    print_summary(dev, results, args.json, wall_s, cpu_s)
     return 0
 
 
@@ -218,10 +224,10 @@ def run_daemon(args: argparse.Namespace) -> int:
         frames = sources[next(k for k in sources if getattr(args, k))]()
         if args.limit is not None:
             frames = itertools.islice(frames, args.limit)
-        results, wall_s = process(dev, frames, args, stop, args.interval_s)
+        results, wall_s, cpu_s = process(dev, frames, args, stop, args.interval_s)
     finally:
         dev.close()
-    print_summary(dev, results, args.json, wall_s)
+    print_summary(dev, results, args.json, wall_s, cpu_s)
     return 0
 
 

@@ -147,9 +147,10 @@ class DeviceRunner:
                            tail=tail)
 
 
-def summarize(results: Sequence[FrameResult], wall_s: float | None = None) -> dict:
+def summarize(results: Sequence[FrameResult], wall_s: float | None = None, cpu_s: float | None = None) -> dict:
     """The contract's `coinfer-device infer --json` summary; `wall_s`: seconds from the first
-    frame's start to the last frame's answer (throughput_fps = images / wall_s)."""
+    frame's start to the last frame's answer (throughput_fps = images / wall_s); `cpu_s`: the
+    device process's CPU seconds over the same span (every thread)."""
     counts = Counter(r.scheme for r in results)
     lat = np.array([r.total_s for r in results]) if results else np.zeros(0)
     labelled = [r for r in results if r.label is not None]
@@ -176,4 +177,5 @@ def summarize(results: Sequence[FrameResult], wall_s: float | None = None) -> di
         "decode_s_mean": mean("decode_s"),
         "tail_s_mean": mean("tail_s"),
         "throughput_fps": len(results) / wall_s if results and wall_s else None,
+        "cpu_s_per_frame": cpu_s / len(results) if results and cpu_s is not None else None,
     }

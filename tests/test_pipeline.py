@@ -20,7 +20,7 @@ from device.pipeline import Pipeline, run_all
 from device.runner import DeviceRunner
 from device.torch_heads import TorchHeads
 from planner.data import load_fashion_mnist
-from planner.latency import Cost, LatencyModel
+from planner.latency import MESSAGE_OVERHEAD_BYTES, Cost, LatencyModel
 from planner.models import build_model
 from planner.profile import PartitionProfile
 from planner.requirement import RequirementKind, RequirementSpec
@@ -175,6 +175,22 @@ def test_stage_breakdown_sums_to_the_latency_prediction():
             assert st.period_s(1) == m.latency_s(s)          # one frame in flight: no overlap
             assert st.period_s(4) <= st.total_s and st.stream_latency_s(4) >= st.total_s
         assert list(m.split_costs(*np.array(rows).T)) == [m.cost_s(Scheme.split(*r)) for r in rows]
+
+
+def test_small_messages_occupy_the_link_with_their_overhead():
+    """A 100-byte frame at 0.01 Mbps measured a 0.2 s round trip: its headers and the answer's
+    acknowledgement (MESSAGE_OVERHEAD_BYTES, 0.117 s here) sat on the link inside it, so a
+    stream's uplink stage is 0.08 + 0.117 s; a latency counts them once, in the round trip."""
+    prof = _disagreeing_profile()
+    m = LatencyModel.from_profile(prof, 0.01, rtt_s=0.2, cost=Cost.THROUGHPUT, depth=4)
+    st = m.stages(Scheme.parse("0:1:8"))
+    overhead = MESSAGE_OVERHEAD_BYTES * 8 / 0.01e6
+    assert st.message_s == pytest.approx(overhead) and st.rtt_s == 0.2
+    assert st.bottleneck_s == pytest.approx(st.uplink_s + overhead)
+    assert st.total_s == m.latency_s(Scheme.parse("0:1:8"))                 # the latency is unchanged
+    # the overhead is never more than the round trip that contains it
+    tight = LatencyModel.from_profile(prof, 0.01, rtt_s=0.01, cost=Cost.THROUGHPUT, depth=4)
+    assert tight.stages(Scheme.parse("0:1:8")).message_s == 0.01
 
 
 def _plan(cost: Cost, depth: int):

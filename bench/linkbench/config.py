@@ -42,6 +42,8 @@ class LinkBenchConfig:
     cloud_threads: int = 1                              # cloud torch intra-op threads
     runtime: str = "torch"                              # device runtime: torch, or onnx (ONNX Runtime on `export`)
     export: str | None = None                           # onnx: the `coinfer-plan export` directory of the model
+    pipeline_depth: int = 1                             # frames in flight (`--pipeline-depth`)
+    objective: str = "latency"                          # auto: `--objective` latency or throughput
 
     @property
     def label(self) -> str:
@@ -84,8 +86,10 @@ def device_common(cfg: LinkBenchConfig, cloud: str, scheme: str) -> list[str]:
             argv += ["--weights", cfg.weights]
         if cfg.num_classes:
             argv += ["--num-classes", str(cfg.num_classes)]
+    if cfg.pipeline_depth != 1:
+        argv += ["--pipeline-depth", str(cfg.pipeline_depth)]
     if scheme == AUTO:
-        argv += [*cfg.requirement]
+        argv += [*cfg.requirement, "--objective", cfg.objective]
         if cfg.recipe:
             argv += ["--recipe", cfg.recipe]
         if cfg.db:

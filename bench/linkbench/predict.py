@@ -44,9 +44,10 @@ def learned_ratio(frames: list[dict], scheme, part, side_per_ch: int, header: in
 
 
 def predict(profile, scheme_name: str, frames: list[dict], bandwidth_mbps: float,
-            image_ratio_learned: bool) -> tuple[float, int, str]:
-    """(seconds, bytes, where the byte ratio came from) for one scheme."""
-    from planner.latency import LatencyModel
+            image_ratio_learned: bool, cost=None, depth: int = 1) -> tuple[float, int, str]:
+    """(seconds, bytes, where the byte ratio came from) for one scheme; seconds are its latency,
+    or with `cost` (a planner.latency.Cost) what that cost prices at `depth` frames in flight."""
+    from planner.latency import Cost, LatencyModel
     from planner.profile import CodecProfile
     from planner.scheme import Mode, Scheme
     scheme = Scheme.parse(scheme_name)
@@ -68,8 +69,8 @@ def predict(profile, scheme_name: str, frames: list[dict], bandwidth_mbps: float
                 source = "this scheme's frames"
             else:
                 source = "ratio 1 (no frames)"
-    lat = LatencyModel.from_profile(profile, bandwidth_mbps)
-    return lat.latency_s(scheme), lat.wire_bytes(scheme), source
+    lat = LatencyModel.from_profile(profile, bandwidth_mbps, cost=cost or Cost.LATENCY, depth=depth)
+    return lat.cost_s(scheme), lat.wire_bytes(scheme), source
 
 
 def row_of(scheme: str, frames: list[dict], summary: dict, profile, bandwidth_mbps: float | None,
