@@ -138,7 +138,7 @@ def read_image(path: str | Path, channels: int, input_hw: tuple[int, int]) -> np
             arr = np.asarray(im, dtype=np.uint8)        # (H, W) or (H, W, 3)
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:  # Pillow's decoders raise these
         raise UnreadableImageError(f"image {str(path)!r}: cannot decode it ({e})") from e
-    return np.ascontiguousarray(arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1))
+    return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy()   # (C, H, W), writable
 
 
 def folder_images(root: str | Path, split: str, channels: int, input_hw: tuple[int, int],
