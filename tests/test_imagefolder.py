@@ -209,6 +209,36 @@ def test_evaluating_from_the_folder_equals_the_builtin_loader(folder, tmp_path, 
     assert rows["folder"]["base_error"] < 0.2 and rows["folder"]["top1_error"] < 0.3
 
 
+def test_evaluate_grid_reads_the_folder(folder, tmp_path, capsys):
+    from planner.__main__ import main as plan_main
+    from planner.models import default_weights_path, get_spec
+    if default_weights_path(get_spec(MODEL)) is None:
+        pytest.skip("no shipped fmnist-vgg weights")
+    assert plan_main(["evaluate-grid", "--model", MODEL, "--dataset", f"imagefolder:{folder}", "--partitions", "5",
+                      "--channels", "all", "--bits", "8", "--finetune-epochs", "0", "--threads", "1",
+                      "--no-progress", "--db", str(tmp_path / "grid.sqlite"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["scheme"] for r in out["rows"]] == ["5:128:8"]
+    assert out["rows"][0]["dataset"] == f"imagefolder:{folder.resolve()}" and out["rows"][0]["test_size"] == N_TEST
+
+
+def test_a_folder_of_three_classes_trains_and_evaluates_a_three_class_head(fmnist, tmp_path):
+    from planner.accuracy_db import AccuracyDB
+    from planner.evaluate import ensure_base_record
+    from planner.train import TrainConfig, train_model
+    xtr, ytr, xte, yte = fmnist
+    root = tmp_path / "three"
+    export_split(root, "train", xtr[ytr < 3], ytr[ytr < 3])
+    export_split(root, "test", xte[yte < 3], yte[yte < 3])
+    res = train_model(MODEL, TrainConfig(epochs=0.25, threads=1), out=tmp_path / "three.pt", progress=False,
+                      dataset=f"imagefolder:{root}")
+    assert res.num_classes == 3 and res.test_size == int((yte < 3).sum())
+    with AccuracyDB(tmp_path / "three.sqlite") as db:
+        rec = ensure_base_record(MODEL, db, weights=tmp_path / "three.pt", progress=False,
+                                 dataset=f"imagefolder:{root}")
+    assert rec.dataset == f"imagefolder:{root.resolve()}" and rec.top1_error == pytest.approx(1 - res.top1_accuracy)
+
+
 def test_bank_build_reads_the_folder(folder, tmp_path, capsys):
     from planner.__main__ import main as plan_main
     from planner.models import default_weights_path, get_spec
