@@ -1,7 +1,8 @@
 """Which images a command runs on: `fashion-mnist` or `imagefolder:DIR` (docs/CONTRACTS.md).
 
 Torch-free (Pillow and numpy), so that the ONNX device reads image folders with the very
-code the planner trains and evaluates with: one decoder, identical arrays on both ends.
+code the planner trains and evaluates with: one decoder, identical arrays on both ends
+(torchvision's own decoders, deprecated since 0.29, give the same pixels: tests/test_imagefolder.py).
 
 An image folder is torchvision's ImageFolder layout, DIR/train/CLASS/* and DIR/test/CLASS/*,
 read as ImageFolder reads it: classes are the sorted sub-directory names (label = position),
