@@ -16,7 +16,7 @@ from common.logs import LogFormat, configure_logging
 from device.app import Device, DeviceConfig, TailChoice
 from device.heads import Runtime
 from device.cpu_quota import QuotaUnavailable
-from device.inputs import (DATASETS, InputError, dataset_images, dataset_stream, file_images, stdin_images,
+from device.inputs import (InputError, check_dataset, dataset_images, dataset_stream, file_images, stdin_images,
                            watch_images)
 from device.runner import FrameResult, summarize
 from planner.latency import Cost
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("infer", help="classify a dataset slice or image files")
     add_common(p)
     p.add_argument("images", nargs="*", metavar="IMAGE", help="image files (instead of --dataset)")
-    p.add_argument("--dataset", choices=DATASETS, help="use the dataset's test images")
+    p.add_argument("--dataset", metavar="SPEC",
+                   help="use a dataset's test images: fashion-mnist or imagefolder:DIR (DIR/test/CLASS/*.png|jpg)")
     p.add_argument("--limit", type=int, help="images to take from --dataset")
     p.add_argument("--offset", type=int, default=0, help="first --dataset image")
     p.add_argument("--lossless", action="store_true",
@@ -119,7 +120,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="daemon: classify a stream of images until stopped")
     add_common(r)
     src = r.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dataset", choices=DATASETS, help="stream the dataset's test images")
+    src.add_argument("--dataset", metavar="SPEC",
+                     help="stream a dataset's test images: fashion-mnist or imagefolder:DIR")
     src.add_argument("--watch", metavar="DIR", help="classify image files appearing in DIR (existing ones first)")
     src.add_argument("--stdin", action="store_true", help="read image paths from standard input, one a line")
     r.add_argument("--limit", type=int, help="stop after N images")
@@ -196,6 +198,8 @@ def print_summary(dev: Device, results: list[FrameResult], as_json: bool, wall_s
 def run_infer(args: argparse.Namespace) -> int:
     if bool(args.images) == bool(args.dataset):
         raise InputError("give either --dataset NAME or IMAGE files, not both or neither")
+    if args.dataset:
+        check_dataset(args.dataset)
     dev = Device(config_of(args))
     try:
         hw = dev.input_hw
@@ -212,6 +216,8 @@ def run_daemon(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    if args.dataset:
+        check_dataset(args.dataset)
     dev = Device(config_of(args))
     try:
         if args.metrics_port:

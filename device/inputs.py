@@ -6,44 +6,35 @@ from typing import Iterator
 
 import numpy as np
 
+from planner.datasets import DatasetRef, folder_classes, parse_dataset, read_image
+from planner.datasets import dataset_images as split_images
 from planner.registry import ModelSpec
-
-DATASETS = ("fashion-mnist",)
 
 
 class InputError(ValueError):
     """Images that cannot be fed to the model."""
 
 
+def check_dataset(name: str) -> DatasetRef:
+    """A `--dataset` spec parsed, and an image folder's test split listed, before any frame runs."""
+    ref = parse_dataset(name)
+    if ref.root is not None:
+        folder_classes(ref.root, "test")
+    return ref
+
+
 def dataset_images(name: str, spec: ModelSpec, input_hw: tuple[int, int], limit: int | None,
                    offset: int = 0) -> Iterator[tuple[np.ndarray, int | None]]:
-    """(image (C, H, W) uint8, label) from a dataset's test split."""
-    if name not in DATASETS:
-        raise InputError(f"dataset: expected one of {', '.join(DATASETS)}, got {name!r}")
-    from planner.data import fashion_mnist_arrays
-    images, labels = fashion_mnist_arrays("test")            # (N, 1, 28, 28) uint8, (N,)
-    shape = tuple(images.shape[1:])
-    if shape != (spec.in_channels, *input_hw):
-        raise InputError(f"{name} images are {'x'.join(map(str, shape))}; model {spec.name} expects "
-                         f"{spec.in_channels}x{input_hw[0]}x{input_hw[1]}")
-    end = len(images) if limit is None else min(len(images), offset + limit)
-    for i in range(offset, end):
-        yield images[i], int(labels[i])
+    """(image (C, H, W) uint8, label) from a dataset's test split, `fashion-mnist` or
+    `imagefolder:DIR` (decoded to the model's channels and `input_hw`; planner.datasets)."""
+    return split_images(check_dataset(name), "test", spec.in_channels, input_hw, limit, offset)
 
 
 def file_images(paths: list[str], spec: ModelSpec, input_hw: tuple[int, int]
                 ) -> Iterator[tuple[np.ndarray, None]]:
     """Image files, converted to the model's channels and resized to its input size."""
-    from PIL import Image, UnidentifiedImageError
-    mode = {1: "L", 3: "RGB"}[spec.in_channels]
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert(mode).resize((input_hw[1], input_hw[0]), Image.BILINEAR)
-                arr = np.asarray(im, dtype=np.uint8)
-        except (OSError, UnidentifiedImageError) as e:
-            raise InputError(f"image {p!r}: cannot read it ({e})") from e
-        yield (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).copy(), None
+        yield read_image(p, spec.in_channels, input_hw), None
 
 
 def dataset_stream(name: str, spec: ModelSpec, input_hw: tuple[int, int], loop: bool,

@@ -6,6 +6,8 @@ import importlib
 import logging
 import sys
 
+from planner.datasets import DatasetError
+
 # subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
 # `func(args) -> int` as its default. Tables, not branches.
 SUBCOMMAND_MODULES = (
@@ -33,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except DatasetError as e:     # a --dataset that cannot be read: one line, no traceback
+        print(f"coinfer-plan: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ from planner.evaluate import _model_weights, ensure_base_record, quantize_dequan
 from planner.models import SplitCNN, build_model, file_sha256
 from planner.pruning import select_channels
 from planner.scheme import Scheme, SchemeError
-from planner.train import FINETUNE_CONFIG, fit, load_dataset, model_dataset, predict_logits, top1_error
+from planner.train import (FINETUNE_CONFIG, dataset_num_classes, fit, input_shape, load_dataset, model_dataset,
+                           predict_logits, top1_error)
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +77,7 @@ class BankBuildConfig:
     test_limit: int | None = None     # first N test images only (tests)
     threads: int = 2                  # torch CPU threads
     weights: str | None = None        # state dict; None = the model's shipped weights
+    dataset: str | None = None        # `fashion-mnist` or `imagefolder:DIR`; None = the model's own
 
 
 def build_bank(model_name: str, out: str | Path, schemes: Sequence[Scheme], db: AccuracyDB,
@@ -85,11 +87,12 @@ def build_bank(model_name: str, out: str | Path, schemes: Sequence[Scheme], db: 
     A scheme already in the manifest (same recipe) is kept; a directory holding a bank of
     another model, recipe or weights is refused rather than mixed."""
     out = Path(out)
-    dataset = model_dataset(model_name)
+    dataset = model_dataset(model_name, cfg.dataset)
+    shape = input_shape(model_name)
     weights = _model_weights(model_name, cfg.weights)
     sha = file_sha256(weights)
     recipe = bank_recipe(cfg.epochs, cfg.seed, cfg.train_limit, cfg.test_limit)
-    base_rec = ensure_base_record(model_name, db, cfg.test_limit, weights, progress=False)
+    base_rec = ensure_base_record(model_name, db, cfg.test_limit, weights, progress=False, dataset=dataset)
     manifest = Manifest(model_name, sha, recipe, dataset, base_rec.top1_error, ())
     if (out / MANIFEST).is_file():
         old = read_manifest(out)
@@ -104,9 +107,9 @@ def build_bank(model_name: str, out: str | Path, schemes: Sequence[Scheme], db: 
     for s in todo:
         if not s.is_split:
             raise SchemeError(f"expected P:C:B schemes for a bank, got {s}")
-    base = build_model(model_name, weights=weights)
-    x_train, y_train = load_dataset(dataset, "train", cfg.train_limit)
-    x_test, y_test = load_dataset(dataset, "test", cfg.test_limit)
+    base = build_model(model_name, num_classes=dataset_num_classes(dataset), weights=weights)
+    x_train, y_train = load_dataset(dataset, "train", cfg.train_limit, shape)
+    x_test, y_test = load_dataset(dataset, "test", cfg.test_limit, shape)
     train_cfg = dataclasses.replace(BANK_CONFIG, epochs=cfg.epochs, seed=cfg.seed, threads=cfg.threads,
                                     train_limit=cfg.train_limit)
     bar = tqdm(todo, desc=f"bank {model_name}", unit="scheme", disable=not progress, dynamic_ncols=True)

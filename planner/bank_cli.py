@@ -24,6 +24,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                     "on the kept channels) with the device's network left exactly as shipped, test it, record "
                     "the row in the accuracy database and write the bank directory. Resumes when interrupted.")
     b.add_argument("--model", required=True, choices=model_names())
+    b.add_argument("--dataset", default=None,
+                   help="fashion-mnist or imagefolder:DIR (ImageFolder layout; default: the model's own dataset)")
     b.add_argument("--out", type=Path, default=None, help="bank directory (default: planner/banks/<model>)")
     b.add_argument("--schemes", default="grid",
                    help="grid (every partition x C in 1,2,4,8,16,all x B in 1,2,4,8), frontier (the grid "
@@ -87,7 +89,8 @@ def _build(args: argparse.Namespace) -> int:
     schemes = select_schemes(args)
     out = args.out or BANKS_DIR / args.model
     cfg = BankBuildConfig(epochs=args.finetune_epochs, seed=args.seed, train_limit=args.train_limit,
-                          test_limit=args.test_limit, threads=args.threads, weights=args.weights)
+                          test_limit=args.test_limit, threads=args.threads, weights=args.weights,
+                          dataset=args.dataset)
     t0 = time.perf_counter()
     print(f"{args.model}: {len(schemes)} schemes into {out}", flush=True)
     with AccuracyDB(args.db or default_db_path(args.model)) as db:

@@ -26,8 +26,8 @@ from planner.artifact import save_artifact
 from planner.models import SplitCNN, WeightsError, build_model, conv_widths, default_weights_path, file_sha256, get_spec
 from planner.pruning import pruned_model
 from planner.scheme import Scheme, SchemeError
-from planner.train import (FINETUNE_CONFIG, TrainConfig, fit, load_dataset, model_dataset,
-                           predict_logits, top1_error)
+from planner.train import (FINETUNE_CONFIG, TrainConfig, dataset_num_classes, fit, input_shape, load_dataset,
+                           model_dataset, predict_logits, top1_error)
 
 log = logging.getLogger(__name__)
 
@@ -116,17 +116,19 @@ def _model_weights(model_name: str, weights: str | Path | None) -> Path:
 
 
 def ensure_base_record(model_name: str, db: AccuracyDB, test_limit: int | None = None,
-                       weights: str | Path | None = None, progress: bool = True) -> AccuracyRecord:
-    """The unmodified model's row for these weights and test set, evaluated if absent."""
-    dataset = model_dataset(model_name)
+                       weights: str | Path | None = None, progress: bool = True,
+                       dataset: str | None = None) -> AccuracyRecord:
+    """The unmodified model's row for these weights and test set (of `dataset`, default the
+    model's own), evaluated if absent."""
+    dataset = model_dataset(model_name, dataset)
     path = _model_weights(model_name, weights)
     recipe = base_recipe(file_sha256(path), test_limit)
     rec = db.get(model_name, dataset, BASE_SCHEME, recipe)
     if rec is not None:
         return rec
     t0 = time.perf_counter()
-    model = build_model(model_name, weights=path)
-    x_test, y_test = load_dataset(dataset, "test", test_limit)
+    model = build_model(model_name, num_classes=dataset_num_classes(dataset), weights=path)
+    x_test, y_test = load_dataset(dataset, "test", test_limit, input_shape(model_name))
     err = top1_error(predict_logits(model, model.preprocess, x_test, progress=progress,
                                     desc=f"test {model_name}"), y_test)
     rec = AccuracyRecord(model_name, dataset, BASE_SCHEME, recipe, err, int(x_test.shape[0]),
@@ -152,27 +154,30 @@ def evaluate(model_name: str, scheme: Scheme, finetune_epochs: float, db: Accura
              seed: int = 0, train_limit: int | None = None, test_limit: int | None = None,
              artifact_dir: str | Path | None = None, *, save: bool = True,
              weights: str | Path | None = None, progress: bool = True,
-             finetune: TrainConfig = FINETUNE_CONFIG) -> Evaluation:
-    """Build, fine-tune and test `scheme`; record its row (and artifact when `save`)."""
+             finetune: TrainConfig = FINETUNE_CONFIG, dataset: str | None = None) -> Evaluation:
+    """Build, fine-tune and test `scheme` on `dataset` (default: the model's own); record its
+    row (and artifact when `save`)."""
     if not scheme.is_split:
         raise SchemeError(f"expected a P:C:B scheme to evaluate, got {scheme}")
     if finetune_epochs < 0:
         raise ValueError(f"expected finetune_epochs >= 0, got {finetune_epochs}")
     t0 = time.perf_counter()
-    dataset = model_dataset(model_name)
-    base = ensure_base_record(model_name, db, test_limit, weights, progress)
-    model = build_model(model_name, weights=_model_weights(model_name, weights))
+    dataset = model_dataset(model_name, dataset)
+    shape = input_shape(model_name)
+    base = ensure_base_record(model_name, db, test_limit, weights, progress, dataset)
+    model = build_model(model_name, num_classes=dataset_num_classes(dataset),
+                        weights=_model_weights(model_name, weights))
     pruned, keep = pruned_model(model, scheme)
     net = SchemeNet(pruned, scheme)
     recipe = recipe_name(finetune_epochs, seed, train_limit, test_limit)
     finetune_s = 0.0
     if finetune_epochs > 0:
-        x_train, y_train = load_dataset(dataset, "train", train_limit)
+        x_train, y_train = load_dataset(dataset, "train", train_limit, shape)
         cfg = dataclasses.replace(finetune, epochs=finetune_epochs, seed=seed, train_limit=train_limit)
         finetune_s = fit(net, pruned.preprocess, x_train, y_train, cfg,
                          desc=f"fine-tune {scheme}", progress=progress)
     t1 = time.perf_counter()
-    x_test, y_test = load_dataset(dataset, "test", test_limit)
+    x_test, y_test = load_dataset(dataset, "test", test_limit, shape)
     logits = predict_logits(net, pruned.preprocess, x_test, progress=progress, desc=f"test {scheme}")
     err = top1_error(logits, y_test)
     test_s = time.perf_counter() - t1

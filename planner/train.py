@@ -21,16 +21,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from planner.data import DATASET_NAME, load_fashion_mnist
+from planner.data import IMAGE_HW
+from planner.datasets import dataset_arrays, dataset_classes, parse_dataset
 from planner.models import WEIGHTS_DIR, build_model, file_sha256, get_spec, model_names
 
 log = logging.getLogger(__name__)
-
-# dataset name -> loader(split) -> ((N, C, H, W) uint8, (N,) int64). Tables, not branches.
-DATASET_LOADERS: dict[str, Callable[[str], tuple[torch.Tensor, torch.Tensor]]] = {
-    DATASET_NAME: load_fashion_mnist,
-}
-
 
 class NoDatasetError(ValueError):
     """A model without a dataset to train or evaluate it on."""
@@ -71,36 +66,57 @@ class TrainResult:
     seconds: float            # wall time of training and testing
     config: TrainConfig
     command: str
+    dataset: str = ""         # recorded name: `fashion-mnist` or `imagefolder:/abs/DIR`
+    num_classes: int = 0      # classifier width
 
 
 @functools.lru_cache(maxsize=4)
-def _load_split(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    try:
-        loader = DATASET_LOADERS[name]
-    except KeyError:
-        raise NoDatasetError(f"expected a dataset in {sorted(DATASET_LOADERS)}, got {name!r}") from None
-    return loader(split)
+def _load_split(name: str, split: str, shape: tuple[int, int, int] | None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    ref = parse_dataset(name)
+    if shape is None:
+        if ref.is_folder:
+            raise ValueError(f"expected the model's (C, H, W) to read {name}, got none")
+        shape = (1, *IMAGE_HW)                      # the built-in Fashion-MNIST as it is
+    x, y = dataset_arrays(ref, split, shape[0], shape[1:])
+    return torch.from_numpy(x), torch.from_numpy(y)
 
 
-def load_dataset(name: str, split: str, limit: int | None = None
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """((N, C, H, W) uint8, (N,) int64) of a registered dataset, optionally the first `limit`.
+def load_dataset(name: str, split: str, limit: int | None = None,
+                 shape: tuple[int, int, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """((N, C, H, W) uint8, (N,) int64) of a dataset (`fashion-mnist` or `imagefolder:DIR`),
+    optionally the first `limit`. `shape` (C, H, W) is what the model takes: an image folder
+    is decoded to it (required there), a built-in dataset is checked against it.
 
     Splits are parsed once per process and shared: callers must not modify them in place.
     """
-    x, y = _load_split(name, split)
+    x, y = _load_split(parse_dataset(name).name, split, None if shape is None else tuple(shape))
     if limit is not None:
         x, y = x[:limit], y[:limit]
     return x, y
 
 
-def model_dataset(model_name: str) -> str:
+def model_dataset(model_name: str, dataset: str | None = None) -> str:
+    """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
+    if dataset is not None:
+        return parse_dataset(dataset).name
     spec = get_spec(model_name)
     if spec.dataset is None:
-        trainable = [n for n in model_names() if get_spec(n).dataset in DATASET_LOADERS]
-        raise NoDatasetError(f"expected a model with a dataset in the registry ({', '.join(trainable)}), "
-                             f"got {model_name!r}")
+        trainable = [n for n in model_names() if get_spec(n).dataset is not None]
+        raise NoDatasetError(f"expected a model with a dataset in the registry ({', '.join(trainable)}) "
+                             f"or --dataset, got {model_name!r}")
     return spec.dataset
+
+
+def input_shape(model_name: str) -> tuple[int, int, int]:
+    """(C, H, W) the model takes: what its images are decoded to."""
+    spec = get_spec(model_name)
+    return (spec.in_channels, *spec.input_hw)
+
+
+def dataset_num_classes(dataset: str) -> int | None:
+    """The classifier width a dataset needs: an image folder's class count; None: the model's own."""
+    return dataset_classes(parse_dataset(dataset))
 
 
 def augment_batch(images: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -184,17 +200,22 @@ def top1_error(logits: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_model(model_name: str, cfg: TrainConfig = TrainConfig(), out: str | Path | None = None,
                 test_limit: int | None = None, progress: bool = True,
-                command: str | None = None) -> TrainResult:
-    """Train `model_name` from scratch on its dataset and save its state dict to `out`."""
-    dataset = model_dataset(model_name)
+                command: str | None = None, dataset: str | None = None) -> TrainResult:
+    """Train `model_name` from scratch on `dataset` (default: its own) and save its state dict to `out`."""
+    dataset = model_dataset(model_name, dataset)
+    shape = input_shape(model_name)
     spec = get_spec(model_name)
-    out = Path(out) if out is not None else WEIGHTS_DIR / (spec.default_weights or f"{model_name}.pt")
+    if out is None:   # the shipped file only for the model's own dataset; others go under runs/weights
+        ref = parse_dataset(dataset)
+        out = (WEIGHTS_DIR / (spec.default_weights or f"{model_name}.pt") if dataset == spec.dataset
+               else Path("runs") / "weights" / f"{model_name}-{ref.root.name if ref.root else ref.name}.pt")
+    out = Path(out)
     t0 = time.perf_counter()
-    x_train, y_train = load_dataset(dataset, "train", cfg.train_limit)
-    x_test, y_test = load_dataset(dataset, "test", test_limit)
+    x_train, y_train = load_dataset(dataset, "train", cfg.train_limit, shape)
+    x_test, y_test = load_dataset(dataset, "test", test_limit, shape)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = build_model(model_name, use_default_weights=False)
+        model = build_model(model_name, num_classes=dataset_num_classes(dataset), use_default_weights=False)
     log.info("training %s on %d %s images for %g epochs (%d steps)", model_name,
              x_train.shape[0], dataset, cfg.epochs, cfg.steps(x_train.shape[0]))
     fit(model, model.preprocess, x_train, y_train, cfg, desc=f"train {model_name}", progress=progress)
@@ -204,13 +225,15 @@ def train_model(model_name: str, cfg: TrainConfig = TrainConfig(), out: str | Pa
     seconds = time.perf_counter() - t0
     return TrainResult(model=model_name, weights_path=out, sha256=file_sha256(out),
                        top1_accuracy=1.0 - err, test_size=int(x_test.shape[0]), seconds=seconds,
-                       config=cfg, command=command or shlex.join(["coinfer-plan", *sys.argv[1:]]))
+                       config=cfg, command=command or shlex.join(["coinfer-plan", *sys.argv[1:]]),
+                       dataset=dataset, num_classes=model.num_classes)
 
 
 def train_record(result: TrainResult) -> dict:
     """The JSON-able record written next to the weights."""
     return {"model": result.model, "file": result.weights_path.name, "sha256": result.sha256,
-            "dataset": model_dataset(result.model), "top1_accuracy": round(result.top1_accuracy, 4),
+            "dataset": result.dataset or model_dataset(result.model), "num_classes": result.num_classes,
+            "top1_accuracy": round(result.top1_accuracy, 4),
             "test_size": result.test_size, "seconds": round(result.seconds, 1),
             "command": result.command, "config": asdict(result.config),
             "torch": torch.__version__}

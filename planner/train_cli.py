@@ -14,6 +14,8 @@ from planner.scheme import Scheme
 from planner.train import FINETUNE_CONFIG, TrainConfig, train_model, train_record
 
 _DEFAULTS = TrainConfig()
+_DATASET_HELP = ("fashion-mnist or imagefolder:DIR (DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/*, decoded to "
+                 "the model's input size and channels; default: the model's own dataset)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -21,6 +23,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                               description="Train a model from scratch with a fixed seed and save "
                                           "its state dict, plus a JSON record (sha256, command, accuracy).")
     p.add_argument("--model", required=True, choices=model_names())
+    p.add_argument("--dataset", default=None, help=_DATASET_HELP)
     p.add_argument("--epochs", type=float, default=_DEFAULTS.epochs, help="passes over the training set")
     p.add_argument("--seed", type=int, default=_DEFAULTS.seed)
     p.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size)
@@ -29,7 +32,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--train-limit", type=int, default=None, help="first N training images only")
     p.add_argument("--test-limit", type=int, default=None, help="first N test images only")
     p.add_argument("--out", type=Path, default=None,
-                   help="state dict file (default: planner/weights/<model>.pt)")
+                   help="state dict file (default: planner/weights/<model>.pt; with another --dataset "
+                        "runs/weights/<model>-<DIR name>.pt)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     p.set_defaults(func=_train)
@@ -61,7 +65,7 @@ def _train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, batch_size=args.batch_size, lr=args.lr,
                       threads=args.threads, train_limit=args.train_limit)
     result = train_model(args.model, cfg, out=args.out, test_limit=args.test_limit,
-                         progress=not args.no_progress)
+                         progress=not args.no_progress, dataset=args.dataset)
     record = train_record(result)
     record_path = result.weights_path.with_suffix(".json")
     record_path.write_text(json.dumps(record, indent=2) + "\n")
@@ -74,6 +78,7 @@ def _train(args: argparse.Namespace) -> int:
 
 def _common_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, choices=model_names())
+    p.add_argument("--dataset", default=None, help=_DATASET_HELP)
     p.add_argument("--finetune-epochs", type=float, default=0.25,
                    help="fine-tune passes over the training set (fractions allowed; 0: none)")
     p.add_argument("--db", type=Path, default=None,
@@ -114,7 +119,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit,
                       artifact_dir=args.artifact_dir, weights=args.weights,
-                      progress=not args.no_progress, finetune=_finetune_config(args))
+                      progress=not args.no_progress, finetune=_finetune_config(args), dataset=args.dataset)
         db_path = db.path
     rec = ev.record
     print(f"{rec.model} {rec.scheme} ({rec.recipe}): top-1 error {rec.top1_error:.4f}, "
@@ -144,7 +149,8 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
     finetune = _finetune_config(args)
     rows = []
     with _open_db(args) as db:
-        base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress)
+        base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress,
+                                  args.dataset)
         dataset = base.dataset
         todo = [s for s in schemes if args.force or db.get(args.model, dataset, str(s), recipe) is None]
         # coarse to fine: the widest cuts at the most bits first, across every partition, so an
@@ -160,7 +166,7 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
             ev = evaluate(args.model, scheme, args.finetune_epochs, db, seed=args.seed,
                           train_limit=args.train_limit, test_limit=args.test_limit,
                           artifact_dir=args.artifact_dir, save=args.artifact_dir is not None,
-                          weights=args.weights, progress=False, finetune=finetune)
+                          weights=args.weights, progress=False, finetune=finetune, dataset=args.dataset)
             rows.append(_evaluation_json(ev))
             tqdm.write(f"[{i}/{len(todo)}] {scheme}: top-1 error {ev.record.top1_error:.4f} "
                        f"loss {ev.accuracy_loss:+.4f} {ev.record.seconds:.1f} s")
