@@ -13,7 +13,7 @@ DEMO_RATE ?= 0.05
 
 DEVICE_VENV ?= .venv-device
 
-.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating clean
+.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating bench-stream clean
 
 all: test
 
@@ -80,6 +80,10 @@ bench-link: $(STAMP) data
 # root only: auto over the bank at operating points (quota x shaped uplink), 2,000 images per run
 bench-operating: $(STAMP) data
 	$(PY) -m bench.operating
+
+# root only: pipelined frames (depth 1 vs 4) and the throughput objective on shaped links
+bench-stream: $(STAMP) data
+	$(PY) -m bench.stream --quota $(QUOTA)
 
 # root only: TCP goodput over the shaped veth vs the tbf rate, and the CPU quota's slowdown
 bench-netns: $(STAMP) data

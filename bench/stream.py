@@ -109,6 +109,24 @@ def case_config(case: StreamCase, args: argparse.Namespace, work: Path) -> LinkB
                    images=tuple(images), synthetic_images=True, input_size=case.input_hw)
 
 
+def accuracy_losses(case: StreamCase, cfg: LinkBenchConfig) -> dict[str, float]:
+    """Accuracy loss of every split scheme auto plans over: the seed rows (vgg16_bn) or the
+    cloud's shipped bank (fmnist-vgg); the single ends lose nothing."""
+    from device.live_planner import runnable_errors
+    from planner.bank import read_manifest, shipped_bank_dir
+    if cfg.db:
+        errors, base = runnable_errors(cfg.db, case.model, cfg.dataset_name, cfg.recipe)
+    else:
+        m = read_manifest(shipped_bank_dir(case.model))
+        errors, base = {e.scheme: e.top1_error for e in m.schemes}, m.base_top1_error
+    return {str(k): v - base for k, v in errors.items()} | {name: 0.0 for name in SINGLE_END}
+
+
+def max_loss(case: StreamCase) -> float:
+    """The bound of the case's `--max-accuracy-loss` requirement (the only kind CASES use)."""
+    return float(case.requirement[case.requirement.index("--max-accuracy-loss") + 1])
+
+
 def measured_stages(summary: dict, link_bytes: float, rate_mbps: float, quota: float | None) -> dict:
     """A run's stages as measured: device head + encode (wall), the device process's CPU per
     frame over its quota share (no stream cycles faster), a frame's bytes through the tbf
@@ -189,7 +207,12 @@ def run_case(case: StreamCase, cfg: LinkBenchConfig, work: Path, out_dir: Path |
                                  "head_s_mean": s["head_s_mean"], "encode_s_mean": s["encode_s_mean"],
                                  "tail_s_mean": s["tail_s_mean"], "link_bytes_per_frame": s["tbf_bytes_per_frame"],
                                  "latency_mean_s": s["latency_s"]["mean"], "fallbacks": s["fallbacks"]}
-    best = max(measured, key=lambda k: measured[k]["fps"])
+    from planner.search.problem import LOSS_TOL
+    losses = accuracy_losses(case, cfg)
+    for name, m in measured.items():
+        m["accuracy_loss"] = losses.get(name)
+        m["meets_requirement"] = m["accuracy_loss"] is not None and m["accuracy_loss"] <= max_loss(case) + LOSS_TOL
+    best = max((k for k in measured if measured[k]["meets_requirement"]), key=lambda k: measured[k]["fps"])
     return {
         "model": case.model, "scheme": case.scheme, "rate_mbps": case.rate_mbps, "goodput_mbps": goodput,
         "frames": cfg.limit, "quota": cfg.quota, "bandwidth_mbps": bw,
@@ -200,7 +223,7 @@ def run_case(case: StreamCase, cfg: LinkBenchConfig, work: Path, out_dir: Path |
         "fps_over_bound": four["throughput_fps"] * stages[slowest],
         "auto": {obj: {"scheme": a["scheme"], "fps": a["throughput_fps"], "latency_mean_s": a["latency_s"]["mean"],
                        "scheme_counts": a["scheme_counts"]} for obj, a in autos.items()},
-        "measured": measured, "best_measured": best,
+        "measured": measured, "best_measured": best, "requirement": list(case.requirement),
     }
 
 
@@ -221,16 +244,18 @@ def case_lines(r: dict) -> list[str]:
                  f"`--objective {obj}` ran {a['scheme']} ({a['fps']:.3f} frames/s)" for obj, a in r["auto"].items())
              + (" (the two differ)" if r["auto"]["latency"]["scheme"] != r["auto"]["throughput"]["scheme"]
                 else " (the two agree here)") + ".", "",
-             f"| scheme at depth {DEPTH} | measured frames/s | predicted frames/s | pred / meas | mean latency (s) | "
-             "fallbacks |", "|---|---:|---:|---:|---:|---:|"]
+             f"| scheme at depth {DEPTH} | accuracy loss | measured frames/s | predicted frames/s | pred / meas | "
+             "mean latency (s) | fallbacks |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, m in sorted(r["measured"].items(), key=lambda kv: -kv[1]["fps"]):
-        lines.append(f"| {name}{' (best)' if name == r['best_measured'] else ''} | {m['fps']:.3f} | "
+        loss = "n/a" if m["accuracy_loss"] is None else f"{m['accuracy_loss']:.4f}" + (
+            "" if m["meets_requirement"] else " (over)")
+        lines.append(f"| {name}{' (best)' if name == r['best_measured'] else ''} | {loss} | {m['fps']:.3f} | "
                      f"{m['predicted_fps']:.3f} | {m['predicted_fps'] / m['fps']:.3f} | {m['latency_mean_s']:.3f} | "
                      f"{m['fallbacks']} |")
     thr = r["auto"]["throughput"]["scheme"]
     lines += ["", f"The throughput objective's pick {thr} "
-              + ("is" if thr == r["best_measured"] else "is not") + " the best measured scheme "
-              f"({r['best_measured']}). Predictions: the latency model's period at depth {DEPTH} on the throughput "
+              + ("is" if thr == r["best_measured"] else "is not") + " the best measured scheme meeting "
+              f"`{' '.join(r['requirement'])}` ({r['best_measured']}). Predictions: the latency model's period at depth {DEPTH} on the throughput "
               f"run's live profile at the device's bandwidth estimate ({r['bandwidth_mbps']:.3f} Mbps)."]
     return lines
 
