@@ -43,21 +43,17 @@ class ExportError(ValueError):
 
 
 class _Segment(nn.Module):
-    """features[start:end] of a SplitCNN; the first segment normalises the uint8 image, the
-    last (end=None) adds the pooling and the classifier."""
+    """Segment k of a SplitCNN or GraphCNN (`model.segment(k)`: cut k-1 -> cut k, the last one
+    to the logits); the first segment normalises the uint8 image."""
 
-    def __init__(self, model: SplitCNN, start: int, end: int | None):
+    def __init__(self, model: SplitCNN, k: int):
         super().__init__()
-        self.model, self.start, self.end = model, start, end
+        self.model, self.k = model, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if self.start == 0:
-            x = m.preprocess(x)
-        x = m.features[self.start:self.end](x)
-        if self.end is None:
-            x = m.classifier(torch.flatten(m.avgpool(x), 1))
-        return x
+        if self.k == 0:
+            x = self.model.preprocess(x)
+        return self.model.segment(self.k)(x)
 
 
 @dataclass(frozen=True)
@@ -92,18 +88,17 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     c, (h, w) = model.spec.in_channels, model.spec.input_hw
     x = torch.randint(0, 256, (1, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ends = [p.feature_end for p in model.partitions]
-    bounds = list(zip([0] + ends, ends + [None]))           # (start, end) per segment; end None: classifier
+    n = len(model.partitions)
     files: dict[str, str] = {}
     segments = []
     total = 0
     with torch.inference_mode():
-        for k, (start, end) in enumerate(bounds):
-            name = "classifier.onnx" if end is None else f"segment-{k:02d}.onnx"
-            seg = _Segment(model, start, end).eval()
+        for k in range(n + 1):             # segment k ends at cut k; segment n is the classifier
+            name = "classifier.onnx" if k == n else f"segment-{k:02d}.onnx"
+            seg = _Segment(model, k).eval()
             total += _write_onnx(seg, x, out / name)
             files[name] = file_sha256(out / name)
-            if end is not None:
+            if k < n:
                 segments.append({"file": name, "to_partition": k})
             x = seg(x)
             model.eval()     # the exporter may have switched modes; the next segment needs eval
