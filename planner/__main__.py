@@ -17,6 +17,7 @@ SUBCOMMAND_MODULES = (
     "planner.profile_cli",   # profile
     "planner.bank_cli",      # bank build
     "planner.export_cli",    # export
+    "planner.partitions_cli",  # partitions
 )
 
 

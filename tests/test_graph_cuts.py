@@ -1,0 +1,129 @@
+"""Cut points found from the graph (planner.graph): for every torchvision architecture in the
+registry, every cut's tail(head(x)) is the model's output; the finder yields VGG's own table;
+and a resnet18 split over a real gRPC link answers as the local model does."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from planner.graph import GraphCutError, find_cuts, single_live_values, slice_graph, trace
+from planner.models import BuilderKind, build_model, get_spec, model_names, partition_table
+
+SMALL_HW = (64, 64)              # the graph models' cuts at 64x64 end at 2x2: quick, and every block runs
+GRAPH_NAMES = model_names(BuilderKind.TORCHVISION_GRAPH)
+TOLERANCE = 1e-5                 # max abs difference of logits allowed (the same ops in the same order: 0)
+
+
+@pytest.fixture(scope="module")
+def graph_models():
+    return {name: build_model(name) for name in GRAPH_NAMES}
+
+
+def test_the_registry_names_the_torchvision_architectures():
+    assert set(GRAPH_NAMES) >= {"resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2",
+                                "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0"}
+
+
+@pytest.mark.parametrize("name", GRAPH_NAMES)
+@torch.inference_mode()
+def test_every_cut_tail_of_head_equals_the_model(graph_models, name):
+    model = graph_models[name]
+    x = torch.randn(2, 3, *SMALL_HW, generator=torch.Generator().manual_seed(0))
+    expected = model(x)
+    table = partition_table(model.spec, SMALL_HW)
+    assert len(table) == len(model.partitions) >= 5
+    diffs = []
+    for part in table:
+        fm = model.head(x, part.index)
+        assert tuple(fm.shape[1:]) == part.shape, (name, part)
+        diffs.append(float((model.tail(fm, part.index) - expected).abs().max()))
+    print(f"{name}: {len(table)} cuts, max abs difference {max(diffs):.3g}")
+    assert max(diffs) <= TOLERANCE, dict(zip([p.node for p in table], diffs))
+
+
+def test_residual_nets_cut_at_stem_and_block_outputs_only(graph_models):
+    model = graph_models["resnet18"]
+    nodes = [p.node for p in model.partitions]
+    blocks = [f"layer{i}_{j}_relu_1" for i in range(1, 5) for j in range(2)]
+    assert nodes == ["maxpool", *blocks]
+    assert [p.channels for p in model.partitions] == [64, 64, 64, 128, 128, 256, 256, 512, 512]
+    # inside a residual block two tensors are alive: the block's input and its branch
+    gm = model.graph_module
+    single = {n.name for n in single_live_values(gm)}
+    assert "layer1_0_conv1" not in single and "layer1_0_bn2" not in single and "layer1_0_relu_1" in single
+
+
+def test_fx_finder_yields_vggs_own_table():
+    """vgg16_bn traced with torch.fx: the same cuts (shapes, pooling) as the cfg walk, in its numbering."""
+    model = build_model("vgg16_bn", use_default_weights=False)
+    cuts = find_cuts(trace(model), torch.zeros(1, 3, 224, 224))
+    table = partition_table(get_spec("vgg16_bn"))
+    assert [c.shape for c in cuts] == [p.shape for p in table]
+    assert [c.pooled for c in cuts] == [p.after_pooling for p in table]
+    assert [c.node for c in cuts] == [f"features_{p.feature_end - 1}" for p in table]
+    assert all(c.conv_bn == (f"features.{p.conv_feature}", f"features.{p.conv_feature + 1}")
+               for c, p in zip(cuts, table))        # BN-folded ranking applies at every VGG cut
+
+
+def test_slicing_elsewhere_than_a_cut_is_refused(graph_models):
+    gm = graph_models["resnet18"].graph_module
+    with pytest.raises(GraphCutError, match="crosses the cut"):
+        slice_graph(gm, "layer1_0_conv1", None)(torch.zeros(1, 64, 16, 16))
+    with pytest.raises(GraphCutError, match="no node 'nope'"):
+        slice_graph(gm, "nope", None)
+
+
+@torch.inference_mode()
+def test_seeded_random_init_is_the_same_in_two_builds_and_weights_load(tmp_path):
+    a, b = build_model("resnet18", num_classes=7), build_model("resnet18", num_classes=7)
+    x = torch.randn(1, 3, *SMALL_HW)
+    assert torch.equal(a(x), b(x))
+    import torchvision
+    ref = torchvision.models.resnet18(num_classes=7).eval()
+    path = tmp_path / "dp.pt"
+    torch.save({"module." + k: v for k, v in ref.state_dict().items()}, path)   # nn.DataParallel's keys
+    loaded = build_model("resnet18", num_classes=7, weights=path)
+    assert torch.equal(loaded(x), ref(x))
+    p = loaded.partitions[3].index
+    assert torch.equal(loaded.tail(loaded.head(x, p), p), ref(x))
+    with pytest.raises(ValueError, match="--num-classes"):
+        build_model("resnet18", weights=path)                # the 1000-class head does not fit
+
+
+def test_channel_ranking_bn_folded_where_it_applies(graph_models):
+    model = graph_models["mobilenet_v2"]
+    kinds = {p.node: model.ranking(p.index) for p in model.partitions}
+    assert kinds["features_1_conv_2"] == "bn-folded"           # projection conv + BN, no residual
+    assert kinds["add"] == "mean-abs-activation"               # a residual sum
+    order = model.channel_order(6)
+    assert sorted(order) == list(range(model.partitions[6].channels))
+    assert order == build_model("mobilenet_v2").channel_order(6)   # the other end computes the same
+
+
+def run_plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_partitions_command_lists_the_finders_cuts():
+    r = run_plan("partitions", "--model", "resnet18", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout.strip().splitlines()[-1])
+    assert doc["model"] == "resnet18"
+    parts = doc["partitions"]
+    assert [p["index"] for p in parts] == list(range(9))
+    assert parts[0] == {"index": 0, "name": "maxpool", "shape": [64, 56, 56]}
+    assert parts[-1]["shape"] == [512, 7, 7]
+    assert "random init: timing only" in r.stdout
+
+
+def test_partitions_command_keeps_vggs_numbering_and_refuses_unknown_names():
+    r = run_plan("partitions", "--model", "vgg16_bn", "--json")
+    assert r.returncode == 0, r.stderr
+    assert [p["shape"][1] for p in json.loads(r.stdout.strip().splitlines()[-1])["partitions"]] == \
+        [224, 112, 112, 56, 56, 56, 28, 28, 28, 14, 14, 14, 7]
+    r = run_plan("partitions", "--model", "resnet")
+    assert r.returncode == 2 and "Unknown model 'resnet'" in r.stderr
