@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,53 @@ def test_partitions_command_keeps_vggs_numbering_and_refuses_unknown_names():
         [224, 112, 112, 56, 56, 56, 28, 28, 28, 14, 14, 14, 7]
     r = run_plan("partitions", "--model", "resnet")
     assert r.returncode == 2 and "Unknown model 'resnet'" in r.stderr
+
+
+# -- a real cloud serving resnet18 over gRPC ------------------------------------------------------
+E2E_CUTS = (0, 4, 8)             # the stem, a block in layer2/3, the last block
+
+
+@pytest.fixture(scope="module")
+def resnet_cloud():
+    from tests.conftest import CloudProcess
+    cloud = CloudProcess("--model", "resnet18", "--input-size", "x".join(map(str, SMALL_HW)),
+                         "--profile-repeats", "1")
+    yield cloud
+    assert cloud.stop() == 0, "cloud did not exit 0 on SIGTERM"
+
+
+@pytest.fixture(scope="module")
+def resnet_images():
+    gen = np.random.default_rng(0)
+    return gen.integers(0, 256, (8, 3, *SMALL_HW), dtype=np.uint8)      # (N, 3, 64, 64) uint8
+
+
+def test_server_info_partition_table_is_the_finders(resnet_cloud):
+    from device.client import ClientConfig, CloudClient
+    with CloudClient(ClientConfig(resnet_cloud.address, timeout_s=30)) as client:
+        info = {m.name: m for m in client.server_info().models}["resnet18"]
+    table = partition_table(get_spec("resnet18"), SMALL_HW)
+    assert [(p.index, p.channels, p.height, p.width) for p in info.partitions] == \
+        [(p.index, *p.shape) for p in table]
+    assert list(info.input_shape) == [3, *SMALL_HW] and all(p.cloud_tail_s > 0 for p in info.partitions)
+
+
+@pytest.mark.parametrize("bits", ["lossless", 8])
+def test_split_over_grpc_gives_the_local_models_top1(resnet_cloud, resnet_images, graph_models, bits):
+    from device.app import Device, DeviceConfig, TailChoice
+    model = graph_models["resnet18"]
+    with torch.inference_mode():
+        local = model(model.preprocess(torch.from_numpy(resnet_images))).numpy()    # (N, 1000)
+    for p in E2E_CUTS:
+        c = model.partitions[p].channels
+        dev = Device(DeviceConfig(cloud=resnet_cloud.address, model="resnet18", scheme=f"{p}:{c}:8",
+                                  tail=TailChoice.UNMODIFIED, lossless=bits == "lossless"))
+        try:
+            results = [dev.frame(img, None)[0] for img in resnet_images]
+        finally:
+            dev.close()
+        top1 = [r.top1 for r in results]
+        assert all(r.wire_bytes > 0 and r.fallback is None for r in results)   # every frame split, none fell back
+        agree = np.mean(np.array(top1) == local.argmax(1))
+        print(f"resnet18 P{p} C{c} {bits}: top-1 agrees with the local model on {agree:.0%}")
+        assert top1 == local.argmax(1).tolist(), (p, bits, top1)
