@@ -34,6 +34,14 @@ class UnknownModelError(ValueError):
     """A model name that is not in the registry."""
 
 
+class NoDatasetError(ValueError):
+    """A model without a dataset of its own, and no --dataset."""
+
+
+class UnsupportedModelError(ValueError):
+    """A model that a command cannot work on (training, fine-tuning, banks: VGG-cfg only)."""
+
+
 class WeightsError(ValueError):
     """A weights file that cannot be loaded into the named model."""
 

@@ -130,6 +130,15 @@ def test_partitions_command_keeps_vggs_numbering_and_refuses_unknown_names():
     assert r.returncode == 2 and "Unknown model 'resnet'" in r.stderr
 
 
+def test_training_and_banks_refuse_graph_models_by_name(tmp_path):
+    for args in (("bank", "build", "--model", "resnet18", "--out", str(tmp_path / "bank")),
+                 ("evaluate", "--model", "mobilenet_v2", "--scheme", "0:8:4", "--dataset", "fashion-mnist")):
+        r = run_plan(*args)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"{args[args.index('--model') + 1]} is a torchvision-graph model" in r.stderr and "VGG-cfg model" in r.stderr
+    assert not (tmp_path / "bank").exists()
+
+
 # -- a real cloud serving resnet18 over gRPC ------------------------------------------------------
 E2E_CUTS = (0, 4, 8)             # the stem, a block in layer2/3, the last block
 
