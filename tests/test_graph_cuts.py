@@ -137,6 +137,8 @@ def test_training_and_banks_refuse_graph_models_by_name(tmp_path):
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert f"{args[args.index('--model') + 1]} is a torchvision-graph model" in r.stderr and "VGG-cfg model" in r.stderr
     assert not (tmp_path / "bank").exists()
+    from planner.evaluate import default_db_path
+    assert not default_db_path("mobilenet_v2").exists()       # refused before a database is created
 
 
 # -- a real cloud serving resnet18 over gRPC ------------------------------------------------------
