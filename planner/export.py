@@ -9,8 +9,9 @@ segment and the classifier.  A chain, not one graph per head: every weight is st
 every cut, as the torch device's profiling does.
 
 The manifest (`export.json`, format coinfer-export/1) records the model, input shape,
-normalisation, class count, each partition's shape and channel-importance order (the
-device keeps the first C of it, as planner.pruning does from the weights), the weights'
+normalisation, class count, each partition's shape, graph node and channel-importance
+order with how it was ranked (the device keeps the first C of it, as planner.pruning does
+from the weights), the weights'
 sha256 (the cloud's GetServerInfo reports the same hash for what it serves) and the sha256
 of every graph file.  Exporting needs torch, `onnx` and `onnxscript` (`pip install
 '.[export]'`); reading needs neither (device.onnx_heads).
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from planner.models import SplitCNN, build_model, default_weights_path, file_sha256
-from planner.pruning import channel_order
+from planner.pruning import channel_order, ranking
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,8 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
         "segments": segments,
         "classifier": "classifier.onnx",
         "partitions": [{"index": p.index, "channels": p.channels, "height": p.height, "width": p.width,
-                        "after_pooling": p.after_pooling, "channel_order": list(channel_order(model, p.index))}
+                        "after_pooling": p.after_pooling, "channel_order": list(channel_order(model, p.index)),
+                        "node": p.node or f"features_{p.feature_end - 1}", "ranking": ranking(model, p.index)}
                        for p in model.partitions],
         "files_sha256": files,
     }

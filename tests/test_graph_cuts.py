@@ -189,3 +189,22 @@ def test_split_over_grpc_gives_the_local_models_top1(resnet_cloud, resnet_images
         agree = np.mean(np.array(top1) == local.argmax(1))
         print(f"resnet18 P{p} C{c} {bits}: top-1 agrees with the local model on {agree:.0%}")
         assert top1 == local.argmax(1).tolist(), (p, bits, top1)
+
+
+@pytest.mark.slow
+def test_export_of_a_graph_model_runs_on_onnx_runtime_as_torch_does(tmp_path):
+    """`coinfer-plan export` for resnet18 (224x224, about 20 s): every ONNX head equals the torch
+    head, and the manifest carries the same channel orders and how they were ranked."""
+    from device.onnx_heads import OnnxHeads
+    from device.torch_heads import TorchHeads
+    from planner.export import export_model
+    r = export_model("resnet18", tmp_path)
+    onnx, torch_heads = OnnxHeads(tmp_path), TorchHeads.build("resnet18")
+    assert [p["node"] for p in r.manifest["partitions"]] == [p.node for p in torch_heads.partitions]
+    assert {p["ranking"] for p in r.manifest["partitions"]} == {"bn-folded", "mean-abs-activation"}
+    img = np.random.default_rng(1).integers(0, 256, (3, 224, 224), dtype=np.uint8)
+    for p in range(len(torch_heads.partitions)):
+        assert onnx.partitions[p].shape == torch_heads.partitions[p].shape
+        np.testing.assert_allclose(onnx.head(img, p), torch_heads.head(img, p), atol=1e-4, rtol=0)
+        assert onnx.order(p) == torch_heads.order(p)
+    np.testing.assert_allclose(onnx.logits(img), torch_heads.logits(img), atol=1e-4, rtol=0)
