@@ -123,8 +123,21 @@ def channel_importance(model: GraphCNN, p: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(STATS_SEED)
     images = torch.randint(0, 256, (STATS_IMAGES, model.spec.in_channels, *model.spec.input_hw),
                            dtype=torch.uint8, generator=gen)
-    fm = model.head(model.preprocess(images), p)                     # (N, C_p, H_p, W_p)
-    return fm.abs().mean(dim=(0, 2, 3))
+    return mean_abs_activation(model, p, images)
+
+
+@torch.no_grad()
+def mean_abs_activation(model: nn.Module, p: int, images: torch.Tensor, batch: int = 64) -> torch.Tensor:
+    """(C_p,) mean absolute value of cut P's channels over `images` ((N, C, H, W) uint8), for
+    any model with `preprocess` and `head` (SplitCNN too: bench.ranking compares it with the
+    BN-folded ranking)."""
+    total = None
+    for i in range(0, len(images), batch):
+        fm = model.head(model.preprocess(images[i:i + batch]), p)        # (n, C_p, H_p, W_p)
+        s = fm.abs().sum(dim=(0, 2, 3), dtype=torch.float64)
+        total = s if total is None else total + s
+        hw = fm.shape[2] * fm.shape[3]
+    return (total / (len(images) * hw)).float()
 
 
 def graph_partition_table(spec: ModelSpec, input_hw: tuple[int, int]) -> list[PartitionSpec]:
