@@ -105,6 +105,20 @@ def test_channel_ranking_bn_folded_where_it_applies(graph_models):
     assert order == build_model("mobilenet_v2").channel_order(6)   # the other end computes the same
 
 
+@pytest.mark.parametrize("name", ["resnet18", "fmnist-vgg"])
+def test_the_devices_timed_pass_goes_through_every_cut(name):
+    """device.torch_heads' one pass through the segments: a map per cut equal to head(P)."""
+    from device.torch_heads import TorchHeads
+    heads = TorchHeads(build_model(name, use_default_weights=False))
+    c = heads.spec.in_channels
+    img = np.random.default_rng(2).integers(0, 256, (c, *(SMALL_HW if c == 3 else (28, 28))), dtype=np.uint8)
+    tp = heads.timed_pass(img)
+    assert [p for p, _ in tp.maps] == [p.index for p in heads.partitions]
+    for p, fm in tp.maps:
+        np.testing.assert_array_equal(fm, heads.head(img, p))
+    assert all(a <= b for a, b in zip(tp.head_s, tp.head_s[1:] + [tp.full_s]))
+
+
 def run_plan(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "planner", *args], capture_output=True, text=True, timeout=120)
 
