@@ -222,3 +222,9 @@ def test_export_of_a_graph_model_runs_on_onnx_runtime_as_torch_does(tmp_path):
         np.testing.assert_allclose(onnx.head(img, p), torch_heads.head(img, p), atol=1e-4, rtol=0)
         assert onnx.order(p) == torch_heads.order(p)
     np.testing.assert_allclose(onnx.logits(img), torch_heads.logits(img), atol=1e-4, rtol=0)
+
+
+def test_auto_without_accuracy_rows_says_what_a_graph_model_needs(tmp_path):
+    from device.live_planner import runnable_errors
+    with pytest.raises(ValueError, match="resnet18 is a torchvision-graph model.*--db FILE"):
+        runnable_errors(tmp_path / "none.sqlite", "resnet18", "", "ft0-")
