@@ -228,3 +228,22 @@ def test_auto_without_accuracy_rows_says_what_a_graph_model_needs(tmp_path):
     from device.live_planner import runnable_errors
     with pytest.raises(ValueError, match="resnet18 is a torchvision-graph model.*--db FILE"):
         runnable_errors(tmp_path / "none.sqlite", "resnet18", "", "ft0-")
+
+
+def test_profile_and_search_run_on_a_graph_model(tmp_path, capsys):
+    """The latency profile of resnet18 (224x224, random init) has the finder's table, and the one
+    search driver plans over it with accuracy rows given in the seed's text format."""
+    from planner.__main__ import main
+    from planner.profile import MeasureConfig, measure_profile, save_profile
+    prof = measure_profile("resnet18", MeasureConfig(warmup=0, repeats=1), base_top1_error=0.30)
+    table = partition_table(get_spec("resnet18"))
+    assert [(q.index, q.conv_channels, q.height, q.width) for q in prof.partitions] == \
+        [(p.index, *p.shape) for p in table]
+    assert all(q.device_head_s > 0 and q.cloud_tail_s > 0 for q in prof.partitions)
+    save_profile(prof, tmp_path / "r18.json")
+    (tmp_path / "db.txt").write_text("0+64-8*0.30\n4+128-4*0.31\n8+512-2*0.32\n8+256-1*0.33\n")
+    rc = main(["search", "--profile", str(tmp_path / "r18.json"), "--db", str(tmp_path / "db.txt"), "--space", "db",
+               "--bandwidth-mbps", "1000", "--accuracy-loss", "0.05", "--json"])
+    doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert rc == 0 and doc["accuracy_loss"] <= 0.05 and doc["scheme"] in {"device-only", "cloud-only", "0:64:8",
+                                                                          "4:128:4", "8:512:2", "8:256:1"}
