@@ -118,7 +118,7 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
         "classifier": "classifier.onnx",
         "partitions": [{"index": p.index, "channels": p.channels, "height": p.height, "width": p.width,
                         "after_pooling": p.after_pooling, "channel_order": list(channel_order(model, p.index)),
-                        "node": p.node or f"features_{p.feature_end - 1}", "ranking": ranking(model, p.index)}
+                        "node": p.node, "ranking": ranking(model, p.index)}
                        for p in model.partitions],
         "files_sha256": files,
     }

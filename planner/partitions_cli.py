@@ -36,10 +36,8 @@ def partitions_doc(name: str, input_hw: tuple[int, int] | None = None) -> dict:
     """{model, input_shape, partitions: [{index, name, shape [C, H, W]}]}."""
     spec = get_spec(name)
     table = partition_table(spec, input_hw)
-    # a cfg-walk cut has no traced node; it is named after its last `features` module
     return {"model": name, "input_shape": [spec.in_channels, *(input_hw or spec.input_hw)],
-            "partitions": [{"index": p.index, "name": p.node or f"features_{p.feature_end - 1}",
-                            "shape": list(p.shape)} for p in table]}
+            "partitions": [{"index": p.index, "name": p.node, "shape": list(p.shape)} for p in table]}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -95,7 +95,7 @@ class PartitionSpec:
     cfg_index: int          # index into the spec's cfg of conv P
     height: int             # rows of the cut's feature map for the table's input size
     width: int              # columns of the cut's feature map
-    node: str = ""          # torch.fx graph node whose output is the cut ("" for the cfg walk)
+    node: str = ""          # torch.fx graph node whose output is the cut ("" when unknown)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -179,9 +179,10 @@ def _cfg_partition_table(spec: ModelSpec, input_hw: tuple[int, int]) -> list[Par
         pos += 3  # conv, bn, relu
         pooled = i + 1 < len(cfg) and cfg[i + 1] == "M"
         ph, pw = (h // 2, w // 2) if pooled else (h, w)
+        end = pos + (1 if pooled else 0)
         parts.append(PartitionSpec(index=len(parts), channels=int(v), after_pooling=pooled,
-                                   feature_end=pos + (1 if pooled else 0), conv_feature=conv,
-                                   cfg_index=i, height=ph, width=pw))
+                                   feature_end=end, conv_feature=conv, cfg_index=i, height=ph, width=pw,
+                                   node=f"features_{end - 1}"))   # torch.fx's name for that module's node
         h, w = ph, pw
     return parts
 

@@ -65,7 +65,7 @@ def test_fx_finder_yields_vggs_own_table():
     table = partition_table(get_spec("vgg16_bn"))
     assert [c.shape for c in cuts] == [p.shape for p in table]
     assert [c.pooled for c in cuts] == [p.after_pooling for p in table]
-    assert [c.node for c in cuts] == [f"features_{p.feature_end - 1}" for p in table]
+    assert [c.node for c in cuts] == [p.node for p in table] == [f"features_{p.feature_end - 1}" for p in table]
     assert all(c.conv_bn == (f"features.{p.conv_feature}", f"features.{p.conv_feature + 1}")
                for c, p in zip(cuts, table))        # BN-folded ranking applies at every VGG cut
 
