@@ -15,7 +15,8 @@ Channel ranking at a cut: where the cut is a conv's BN output (possibly behind R
 max-pooling) the BN-folded L1 norm (as planner.pruning for VGG); elsewhere (a residual sum,
 a projection without BN) the mean absolute activation over seeded inputs (`STATS_IMAGES`
 uniform random images, seed 0): a function of the weights alone, so both ends compute the
-same order, and the export records it for the ONNX device.
+same order, and the export records it for the ONNX device.  A record measured over training
+images beside the weights (planner.channel_stats) takes the place of the seeded statistic.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import torchvision
 from torch import nn
 
 from planner.graph import Cut, cut_shapes, find_cuts, slice_graph, trace
-from planner.registry import BuilderKind, ModelSpec, PartitionSpec, get_spec
+from planner.registry import BuilderKind, ModelSpec, PartitionSpec, file_sha256, get_spec
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,21 @@ class GraphCNN(nn.Module):
         bounds = [None] + [c.node for c in self.cuts] + [None]
         self.__dict__["segments"] = [slice_graph(gm, a, b) for a, b in zip(bounds[:-1], bounds[1:])]
         self._orders: dict[int, tuple[int, ...]] = {}
+        self.orders_source = f"{STATS_IMAGES} seeded images"   # what the activation ranking was measured on
         self.eval()
+
+    def use_recorded_orders(self, weights: str) -> bool:
+        """Take the activation-ranked orders from the record beside `weights`, when there is one
+        (planner.channel_stats); True if there was."""
+        from planner.channel_stats import load_channel_orders, orders_path
+        path = orders_path(weights)
+        if not path.is_file():
+            return False
+        orders = load_channel_orders(path, self.spec.name, file_sha256(weights),
+                                     [p.channels for p in self.partitions])
+        self._orders.update(orders)
+        self.orders_source = path.name
+        return True
 
     def partition(self, p: int) -> PartitionSpec:
         if not 0 <= p < len(self.partitions):

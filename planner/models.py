@@ -144,6 +144,8 @@ def build_model(name: str, num_classes: int | None = None, weights: str | Path |
             raise WeightsError(
                 f"weights {str(path)!r} do not fit {name} with {model.num_classes} classes "
                 f"(use --num-classes for another head): {str(e).splitlines()[0]}") from e
+        if spec.builder is BuilderKind.TORCHVISION_GRAPH and model.use_recorded_orders(str(path)):
+            log.info("%s: channel orders from %s", name, model.orders_source)
     elif spec.default_weights is not None and use_default_weights:
         log.warning("no trained weights for %s at %s; using random initialisation",
                     name, WEIGHTS_DIR / spec.default_weights)

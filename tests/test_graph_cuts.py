@@ -247,3 +247,36 @@ def test_profile_and_search_run_on_a_graph_model(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and doc["accuracy_loss"] <= 0.05 and doc["scheme"] in {"device-only", "cloud-only", "0:64:8",
                                                                           "4:128:4", "8:512:2", "8:256:1"}
+
+
+def test_channel_orders_recorded_on_training_images_are_loaded_with_the_weights(tmp_path, capsys):
+    """`partitions --record-orders imagefolder:DIR --weights FILE` writes FILE.channel-order.json;
+    every later build with FILE (cloud, device, export) ranks those cuts by it; other weights refuse it."""
+    import torchvision
+    from PIL import Image
+
+    from planner.__main__ import main
+    from planner.channel_stats import ChannelOrderError, orders_path
+    rng = np.random.default_rng(3)
+    for split in ("train", "test"):
+        for cls in ("a", "b", "c"):
+            (tmp_path / "folder" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(
+                    tmp_path / "folder" / split / cls / f"{i}.png")
+    weights = tmp_path / "r18.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), weights)
+    rc = main(["partitions", "--model", "resnet18", "--weights", str(weights), "--num-classes", "3",
+               "--record-orders", f"imagefolder:{tmp_path / 'folder'}", "--json"])
+    assert rc == 0 and json.loads(capsys.readouterr().out.strip().splitlines()[-1])["images"] == 12
+    record = json.loads(orders_path(weights).read_text())
+    assert record["images"] == 12 and set(record["orders"]) == {str(p) for p in range(1, 9)}   # block outputs
+    model = build_model("resnet18", num_classes=3, weights=weights)
+    assert model.orders_source == orders_path(weights).name
+    for key, order in record["orders"].items():
+        assert model.channel_order(int(key)) == tuple(order)
+    other = tmp_path / "other.pt"
+    torch.save(torchvision.models.resnet18(num_classes=3).state_dict(), other)
+    orders_path(other).write_text(orders_path(weights).read_text())
+    with pytest.raises(ChannelOrderError, match="measured on weights sha256 .* but the weights are sha256"):
+        build_model("resnet18", num_classes=3, weights=other)
