@@ -8,7 +8,8 @@ shape propagation on a sample input says it is a 4-D tensor (N, C, H, W).  Insid
 residual block the block's input stays alive until the sum, so nothing there is a cut; a
 residual network yields its stem and block outputs.
 
-Two rules keep the table to the places worth cutting (and give VGG exactly its conv
+A value in a permuted layout (after a permute or transpose, until it is permuted back) is no
+cut: its dimensions are not (N, C, H, W).  Two rules keep the table to the places worth cutting (and give VGG exactly its conv
 table): a cut whose only reader is a per-channel op or a local pooling (BN, an activation,
 max-pooling, dropout) moves to that op's output, as the cfg walk cuts after conv, BN, ReLU
 and pooling; and the output of a global (adaptive) pooling is no cut, it belongs to the
@@ -107,6 +108,24 @@ def single_live_values(gm: fx.GraphModule) -> list[fx.Node]:
     return out
 
 
+def _permuted(gm: fx.GraphModule) -> dict[fx.Node, bool]:
+    """Whether each node's value is in a permuted layout (e.g. (N, H, W, C) inside a LayerNorm2d or
+    a transformer stage): a permute or transpose flips its input's state, a conv restores
+    (N, C, H, W), any other op inherits from its inputs.  A permuted 4-D value is no cut: its
+    second dimension is not channels."""
+    out: dict[fx.Node, bool] = {}
+    for n in gm.graph.nodes:
+        inherited = any(out.get(a, False) for a in n.all_input_nodes)
+        if n.op == "call_module" and isinstance(gm.get_submodule(n.target), nn.Conv2d):
+            out[n] = False
+        elif (n.op == "call_method" and n.target in ("permute", "transpose")) or \
+                (n.op == "call_function" and n.target in (torch.permute, torch.transpose)):
+            out[n] = not inherited
+        else:
+            out[n] = inherited
+    return out
+
+
 def find_cuts(gm: fx.GraphModule, example: torch.Tensor) -> list[Cut]:
     """The cuts of a traced network, with (C, H, W) for `example` (N, C, H, W) as input."""
     with torch.no_grad():
@@ -116,7 +135,8 @@ def find_cuts(gm: fx.GraphModule, example: torch.Tensor) -> list[Cut]:
         meta = n.meta.get("tensor_meta")
         return meta is not None and hasattr(meta, "shape") and len(meta.shape) == 4
 
-    candidates = [n for n in single_live_values(gm) if is_4d(n)
+    permuted = _permuted(gm)
+    candidates = [n for n in single_live_values(gm) if is_4d(n) and not permuted[n]
                   and not _is(n, gm, _GLOBAL_POOL_MODULES, _GLOBAL_POOL_FUNCTIONS)]
     chosen = set(candidates)
     cuts: list[Cut] = []

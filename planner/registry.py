@@ -142,10 +142,15 @@ register(ModelSpec(
 
 
 # torchvision classification architectures served by their torchvision name: random init
-# (seeded) unless --weights; ImageNet's input size, class count and statistics by default
+# (seeded) unless --weights; 224x224, 1000 classes and ImageNet's statistics by default.  Each
+# is checked cut by cut in tests/test_graph_cuts.py (the finder assumes (N, C, H, W) convnets:
+# transformers such as vit_b_16 or swin_t are not listed)
 GRAPH_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_small",
                "mobilenet_v3_large", "efficientnet_b0")
-for _arch in GRAPH_ARCHS:
+MORE_GRAPH_ARCHS = ("resnet152", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_400mf",
+                    "shufflenet_v2_x1_0", "squeezenet1_1", "densenet121", "mnasnet1_0", "convnext_tiny",
+                    "alexnet", "vgg11", "vgg16")
+for _arch in GRAPH_ARCHS + MORE_GRAPH_ARCHS:
     register(ModelSpec(
         name=_arch, cfg=(), in_channels=3, input_hw=(224, 224), num_classes=1000, pool_hw=(1, 1),
         hidden=(), dropout=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
