@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from planner.accuracy_db import AccuracyDBError, load_view
 from planner.latency import Cost, LatencyModel
 from planner.profile import Profile
+from planner.registry import BuilderKind, get_spec
 from planner.requirement import RequirementSpec
 from planner.scheme import Scheme
 from planner.search import DBEvaluator, SearchConfig, SearchResult, Space, Strategy, build_candidates, search
@@ -31,6 +32,9 @@ def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe
     except AccuracyDBError as e:
         hint = (f"; build them with `coinfer-plan evaluate-grid --model {model} --finetune-epochs 0`"
                 if recipe_prefix == "ft0-" else "")
+        if get_spec(model).builder is not BuilderKind.VGG_CFG:      # evaluate-grid refuses these
+            hint = (f"; {model} is a torchvision-graph model without dataset-trained accuracy rows here: "
+                    "give --db FILE with its rows, or a fixed P:C:B scheme")
         raise ValueError(f"{e}{hint}") from e
     return view.errors, view.base_error
 

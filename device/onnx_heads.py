@@ -65,7 +65,7 @@ class OnnxHeads(Heads):
         self.weights_sha256 = m["weights_sha256"]
         self.partitions = [PartitionSpec(index=p["index"], channels=p["channels"], after_pooling=p["after_pooling"],
                                          feature_end=-1, conv_feature=-1, cfg_index=-1, height=p["height"],
-                                         width=p["width"]) for p in m["partitions"]]
+                                         width=p["width"], node=p.get("node", "")) for p in m["partitions"]]
         self._orders = [tuple(int(i) for i in p["channel_order"]) for p in m["partitions"]]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads

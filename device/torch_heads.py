@@ -1,4 +1,4 @@
-"""The device's network on torch: the planner's SplitCNN (the default runtime)."""
+"""The device's network on torch: the planner's SplitCNN or GraphCNN (the default runtime)."""
 from __future__ import annotations
 
 import copy
@@ -34,7 +34,8 @@ class TorchHeads(Heads):
         return cls(model, file_sha256(path) if path else "")
 
     def at_input(self, input_hw: tuple[int, int]) -> TorchHeads:
-        """The same network (VGG features are size-agnostic) with the partition table for `input_hw`."""
+        """The same network (VGG features and traced graphs are size-agnostic) with the partition
+        table for `input_hw`."""
         if tuple(input_hw) == tuple(self.input_hw):
             return self
         other = copy.copy(self)
@@ -61,18 +62,17 @@ class TorchHeads(Heads):
     @torch.inference_mode()
     def timed_pass(self, image: np.ndarray) -> TimedPass:
         model = self.model
-        ends = {p.feature_end: p.index for p in model.partitions}
-        marks = [0.0] * len(model.partitions)
-        cpu = [0.0] * len(model.partitions)
+        n = len(model.partitions)
+        marks = [0.0] * n
+        cpu = [0.0] * n
         maps = []
         c0, t0 = time.thread_time(), time.perf_counter()
         x = self._input(image)
-        for i, layer in enumerate(model.features):
-            x = layer(x)
-            if i + 1 in ends:
-                marks[ends[i + 1]] = time.perf_counter() - t0
-                cpu[ends[i + 1]] = time.thread_time() - c0
-                maps.append((ends[i + 1], x[0]))
-        model.classifier(torch.flatten(model.avgpool(x), 1))
+        for k in range(n):                   # segment k ends at cut k
+            x = model.segment(k)(x)
+            marks[k] = time.perf_counter() - t0
+            cpu[k] = time.thread_time() - c0
+            maps.append((k, x[0]))
+        model.segment(n)(x)                  # last cut -> logits
         full, full_cpu = time.perf_counter() - t0, time.thread_time() - c0
         return TimedPass(marks, full, [(p, fm.numpy()) for p, fm in maps], cpu, full_cpu)

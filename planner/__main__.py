@@ -7,6 +7,7 @@ import logging
 import sys
 
 from planner.datasets import DatasetError
+from planner.registry import NoDatasetError, UnsupportedModelError
 
 # subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
 # `func(args) -> int` as its default. Tables, not branches.
@@ -17,6 +18,7 @@ SUBCOMMAND_MODULES = (
     "planner.profile_cli",   # profile
     "planner.bank_cli",      # bank build
     "planner.export_cli",    # export
+    "planner.partitions_cli",  # partitions
 )
 
 
@@ -37,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except DatasetError as e:     # a --dataset that cannot be read: one line, no traceback
+    except (DatasetError, NoDatasetError, UnsupportedModelError) as e:   # one line, no traceback
         print(f"coinfer-plan: {e}", file=sys.stderr)
         return 2
 

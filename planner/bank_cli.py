@@ -86,6 +86,8 @@ def _build(args: argparse.Namespace) -> int:
     from planner.bank import BANKS_DIR
     from planner.bank_build import build_bank
     from planner.evaluate import default_db_path
+    from planner.train import require_trainable
+    require_trainable(args.model)            # before listing schemes: graph models are refused by name
     schemes = select_schemes(args)
     out = args.out or BANKS_DIR / args.model
     cfg = BankBuildConfig(epochs=args.finetune_epochs, seed=args.seed, train_limit=args.train_limit,

@@ -9,8 +9,9 @@ segment and the classifier.  A chain, not one graph per head: every weight is st
 every cut, as the torch device's profiling does.
 
 The manifest (`export.json`, format coinfer-export/1) records the model, input shape,
-normalisation, class count, each partition's shape and channel-importance order (the
-device keeps the first C of it, as planner.pruning does from the weights), the weights'
+normalisation, class count, each partition's shape, graph node and channel-importance
+order with how it was ranked (the device keeps the first C of it, as planner.pruning does
+from the weights), the weights'
 sha256 (the cloud's GetServerInfo reports the same hash for what it serves) and the sha256
 of every graph file.  Exporting needs torch, `onnx` and `onnxscript` (`pip install
 '.[export]'`); reading needs neither (device.onnx_heads).
@@ -29,7 +30,7 @@ import torch
 from torch import nn
 
 from planner.models import SplitCNN, build_model, default_weights_path, file_sha256
-from planner.pruning import channel_order
+from planner.pruning import channel_order, ranking
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,17 @@ class ExportError(ValueError):
 
 
 class _Segment(nn.Module):
-    """features[start:end] of a SplitCNN; the first segment normalises the uint8 image, the
-    last (end=None) adds the pooling and the classifier."""
+    """Segment k of a SplitCNN or GraphCNN (`model.segment(k)`: cut k-1 -> cut k, the last one
+    to the logits); the first segment normalises the uint8 image."""
 
-    def __init__(self, model: SplitCNN, start: int, end: int | None):
+    def __init__(self, model: SplitCNN, k: int):
         super().__init__()
-        self.model, self.start, self.end = model, start, end
+        self.model, self.k = model, k
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        if self.start == 0:
-            x = m.preprocess(x)
-        x = m.features[self.start:self.end](x)
-        if self.end is None:
-            x = m.classifier(torch.flatten(m.avgpool(x), 1))
-        return x
+        if self.k == 0:
+            x = self.model.preprocess(x)
+        return self.model.segment(self.k)(x)
 
 
 @dataclass(frozen=True)
@@ -92,18 +89,17 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
     out.mkdir(parents=True, exist_ok=True)
     c, (h, w) = model.spec.in_channels, model.spec.input_hw
     x = torch.randint(0, 256, (1, c, h, w), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    ends = [p.feature_end for p in model.partitions]
-    bounds = list(zip([0] + ends, ends + [None]))           # (start, end) per segment; end None: classifier
+    n = len(model.partitions)
     files: dict[str, str] = {}
     segments = []
     total = 0
     with torch.inference_mode():
-        for k, (start, end) in enumerate(bounds):
-            name = "classifier.onnx" if end is None else f"segment-{k:02d}.onnx"
-            seg = _Segment(model, start, end).eval()
+        for k in range(n + 1):             # segment k ends at cut k; segment n is the classifier
+            name = "classifier.onnx" if k == n else f"segment-{k:02d}.onnx"
+            seg = _Segment(model, k).eval()
             total += _write_onnx(seg, x, out / name)
             files[name] = file_sha256(out / name)
-            if end is not None:
+            if k < n:
                 segments.append({"file": name, "to_partition": k})
             x = seg(x)
             model.eval()     # the exporter may have switched modes; the next segment needs eval
@@ -121,7 +117,8 @@ def export_model(model_name: str, out: str | os.PathLike, weights: str | None = 
         "segments": segments,
         "classifier": "classifier.onnx",
         "partitions": [{"index": p.index, "channels": p.channels, "height": p.height, "width": p.width,
-                        "after_pooling": p.after_pooling, "channel_order": list(channel_order(model, p.index))}
+                        "after_pooling": p.after_pooling, "channel_order": list(channel_order(model, p.index)),
+                        "node": p.node, "ranking": ranking(model, p.index)}
                        for p in model.partitions],
         "files_sha256": files,
     }

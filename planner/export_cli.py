@@ -11,7 +11,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "export", help="write what a device needs to run without torch (ONNX graphs, manifest)",
         description="Export the model's heads and whole network as a chain of ONNX graphs (one per stretch "
-                    "between consecutive cuts, plus the classifier) with a manifest: input shape, "
+                    "between consecutive cuts, plus the classifier; graph models are cut where `coinfer-plan "
+                    "partitions` says) with a manifest: input shape, "
                     "normalisation, each partition's channel-importance order, the weights' sha256. Run the "
                     "device on it with `coinfer-device ... --runtime onnx --export DIR`.")
     p.add_argument("--model", required=True, choices=model_names())

@@ -10,15 +10,15 @@ import torch
 from torch import nn
 from torchvision.models.vgg import make_layers
 
-from planner.registry import (IMAGENET_MEAN, IMAGENET_STD, VGG_CFGS, WEIGHTS_DIR, ModelSpec,
+from planner.registry import (IMAGENET_MEAN, IMAGENET_STD, VGG_CFGS, WEIGHTS_DIR, BuilderKind, ModelSpec,
                               PartitionSpec, UnknownModelError, WeightsError, WeightsMismatch, conv_widths,
                               default_weights_path, file_sha256, get_spec, model_names, partition_shapes,
                               partition_table, register)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG_CFGS", "WEIGHTS_DIR", "ModelSpec", "PartitionSpec",   # re-exported
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG_CFGS", "WEIGHTS_DIR", "BuilderKind", "ModelSpec", "PartitionSpec",   # re-exported
            "UnknownModelError", "WeightsError", "WeightsMismatch", "conv_widths", "default_weights_path",
            "file_sha256", "get_spec", "model_names", "partition_shapes", "partition_table", "register",
-           "SplitCNN", "build_model", "load_state_dict_file"]
+           "BUILDERS", "SplitCNN", "build_model", "load_state_dict_file"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,15 @@ class SplitCNN(nn.Module):
         x = self.features[self.partition(p).feature_end:](fm)
         return self.classifier(torch.flatten(self.avgpool(x), 1))
 
+    def segment(self, k: int) -> nn.Module:
+        """Segment k: input -> cut 0 (k = 0), cut k-1 -> cut k, last cut -> logits (k = len(partitions));
+        head(P) is segments 0..P (planner.export, the device's timed pass)."""
+        ends = [p.feature_end for p in self.partitions]
+        start = ends[k - 1] if k > 0 else 0
+        if k < len(ends):
+            return self.features[start:ends[k]]
+        return nn.Sequential(self.features[start:], self.avgpool, nn.Flatten(1), self.classifier)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
 
@@ -109,11 +118,23 @@ def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in obj.items()}
 
 
+def _graph_cnn(spec: ModelSpec, num_classes: int | None) -> nn.Module:
+    from planner.graph_models import GraphCNN
+    return GraphCNN(spec, num_classes)
+
+
+# builder kind -> the one builder of that kind (planner.registry.BuilderKind)
+BUILDERS = {BuilderKind.VGG_CFG: SplitCNN, BuilderKind.TORCHVISION_GRAPH: _graph_cnn}
+
+
 def build_model(name: str, num_classes: int | None = None, weights: str | Path | None = None,
                 use_default_weights: bool = True) -> SplitCNN:
-    """Build a registered model in eval mode; load `weights`, else the shipped default."""
+    """Build a registered model in eval mode; load `weights`, else the shipped default (else a
+    seeded random initialisation: timing only)."""
     spec = get_spec(name)
-    model = SplitCNN(spec, num_classes)
+    if num_classes is not None and num_classes < 1:
+        raise WeightsError(f"expected --num-classes >= 1, got {num_classes}")
+    model = BUILDERS[spec.builder](spec, num_classes)
     path = weights if weights is not None else (default_weights_path(spec) if use_default_weights else None)
     if path is not None:
         sd = load_state_dict_file(path)
@@ -123,8 +144,12 @@ def build_model(name: str, num_classes: int | None = None, weights: str | Path |
             raise WeightsError(
                 f"weights {str(path)!r} do not fit {name} with {model.num_classes} classes "
                 f"(use --num-classes for another head): {str(e).splitlines()[0]}") from e
+        if spec.builder is BuilderKind.TORCHVISION_GRAPH and model.use_recorded_orders(str(path)):
+            log.info("%s: channel orders from %s", name, model.orders_source)
     elif spec.default_weights is not None and use_default_weights:
         log.warning("no trained weights for %s at %s; using random initialisation",
                     name, WEIGHTS_DIR / spec.default_weights)
+    elif spec.builder is BuilderKind.TORCHVISION_GRAPH:
+        log.warning("%s: no --weights; seeded random initialisation (random init: timing only)", name)
     return model.eval()
 

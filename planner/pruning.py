@@ -28,13 +28,25 @@ def channel_importance(model: SplitCNN, partition: int) -> torch.Tensor:
 
 def channel_order(model: SplitCNN, partition: int) -> tuple[int, ...]:
     """Conv P's channels from most to least important (a stable sort: ties keep the lower
-    index, so the order is deterministic); the export carries it to the ONNX device."""
+    index, so the order is deterministic); the export carries it to the ONNX device.  A graph
+    model (planner.graph_models.GraphCNN) ranks its own cuts."""
+    if not isinstance(model, SplitCNN):
+        return model.channel_order(partition)
     imp = channel_importance(model, partition)
     return tuple(int(i) for i in torch.sort(imp, descending=True, stable=True).indices)
 
 
+def ranking(model: SplitCNN, partition: int) -> str:
+    """How cut P's channels are ranked: `bn-folded` (every VGG cut) or, at a graph model's cut
+    that is not a conv+BN output, `mean-abs-activation` (planner.graph_models)."""
+    if not isinstance(model, SplitCNN):
+        return model.ranking(partition)
+    model.partition(partition)
+    return "bn-folded"
+
+
 def select_channels(model: SplitCNN, partition: int, channels: int) -> tuple[int, ...]:
-    """The `channels` most important channels of conv P, ascending original indices."""
+    """The `channels` most important channels of cut P, ascending original indices."""
     return kept_channels(channel_order(model, partition), channels, partition, model.spec.name)
 
 

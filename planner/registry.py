@@ -1,12 +1,17 @@
 """Model registry and partition tables, without torch (the ONNX device reads them too).
 
-A model family is a data table (a torchvision-style `cfg` of conv widths and "M" for
-2x2 max-pooling, plus input and classifier settings) consumed by one builder. The
-partition point P is the cut after conv P, its BN and ReLU, and after the max-pooling
-when that conv is followed by one (shared/CONTRACTS.md, shared/seed/README.md).
+Two builder kinds, each a table consumed by one builder:
+- `vgg-cfg`: a torchvision-style `cfg` of conv widths and "M" for 2x2 max-pooling, plus
+  input and classifier settings (planner.models.SplitCNN).  The partition point P is the
+  cut after conv P, its BN and ReLU, and after the max-pooling when that conv is followed
+  by one (shared/CONTRACTS.md, shared/seed/README.md); the cfg walk below needs no torch.
+- `torchvision-graph`: a torchvision architecture by name (planner.graph_models.GraphCNN);
+  P indexes the cuts the torch.fx finder (planner.graph) yields, in execution order.  Its
+  partition table needs torch (imported only when such a table is asked for).
 """
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -29,6 +34,14 @@ class UnknownModelError(ValueError):
     """A model name that is not in the registry."""
 
 
+class NoDatasetError(ValueError):
+    """A model without a dataset of its own, and no --dataset."""
+
+
+class UnsupportedModelError(ValueError):
+    """A model that a command cannot work on (training, fine-tuning, banks: VGG-cfg only)."""
+
+
 class WeightsError(ValueError):
     """A weights file that cannot be loaded into the named model."""
 
@@ -41,6 +54,13 @@ class WeightsMismatch(ValueError):
                          f"weights are sha256 {ours_sha256}" + (f"; {hint}" if hint else ""))
         self.theirs_sha256 = theirs_sha256
         self.ours_sha256 = ours_sha256
+
+
+class BuilderKind(enum.Enum):
+    """Which builder makes a registry entry's network (and walks its partition table)."""
+
+    VGG_CFG = "vgg-cfg"                      # planner.models.SplitCNN from `cfg`
+    TORCHVISION_GRAPH = "torchvision-graph"  # planner.graph_models.GraphCNN from `arch`
 
 
 @dataclass(frozen=True)
@@ -59,6 +79,8 @@ class ModelSpec:
     std: tuple[float, ...]
     dataset: str | None = None          # dataset it is trained on, when shipped
     default_weights: str | None = None  # file under planner/weights/ loaded by default
+    builder: BuilderKind = BuilderKind.VGG_CFG  # which builder makes the network
+    arch: str | None = None             # torchvision builder name (TORCHVISION_GRAPH)
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,7 @@ class PartitionSpec:
     cfg_index: int          # index into the spec's cfg of conv P
     height: int             # rows of the cut's feature map for the table's input size
     width: int              # columns of the cut's feature map
+    node: str = ""          # torch.fx graph node whose output is the cut ("" when unknown)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -90,8 +113,9 @@ def register(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def model_names() -> list[str]:
-    return sorted(_REGISTRY)
+def model_names(builder: BuilderKind | None = None) -> list[str]:
+    """Registered names, sorted; only those of one builder kind when `builder` is given."""
+    return sorted(n for n, s in _REGISTRY.items() if builder is None or s.builder is builder)
 
 
 def get_spec(name: str) -> ModelSpec:
@@ -117,12 +141,39 @@ register(ModelSpec(
     mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
 
+# torchvision classification architectures served by their torchvision name: random init
+# (seeded) unless --weights; 224x224, 1000 classes and ImageNet's statistics by default.  Each
+# is checked cut by cut in tests/test_graph_cuts.py (the finder assumes (N, C, H, W) convnets:
+# transformers such as vit_b_16 or swin_t are not listed)
+GRAPH_ARCHS = ("resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_small",
+               "mobilenet_v3_large", "efficientnet_b0")
+MORE_GRAPH_ARCHS = ("resnet152", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_400mf",
+                    "shufflenet_v2_x1_0", "squeezenet1_1", "densenet121", "mnasnet1_0", "convnext_tiny",
+                    "alexnet", "vgg11", "vgg16")
+for _arch in GRAPH_ARCHS + MORE_GRAPH_ARCHS:
+    register(ModelSpec(
+        name=_arch, cfg=(), in_channels=3, input_hw=(224, 224), num_classes=1000, pool_hw=(1, 1),
+        hidden=(), dropout=0.0, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+        builder=BuilderKind.TORCHVISION_GRAPH, arch=_arch))
+
+
 def partition_table(spec: ModelSpec, input_hw: tuple[int, int] | None = None) -> list[PartitionSpec]:
-    """Partition points of a cfg for an input size (default: the spec's): the one walk of the
+    """Partition points of a model for an input size (default: the spec's), by its builder kind."""
+    return _PARTITION_WALKS[spec.builder](spec, tuple(input_hw or spec.input_hw))
+
+
+def _graph_partition_table(spec: ModelSpec, input_hw: tuple[int, int]) -> list[PartitionSpec]:
+    """The torch.fx finder's cuts (imports torch: only graph models need it)."""
+    from planner.graph_models import graph_partition_table
+    return graph_partition_table(spec, input_hw)
+
+
+def _cfg_partition_table(spec: ModelSpec, input_hw: tuple[int, int]) -> list[PartitionSpec]:
+    """Partition points of a cfg for an input size: the one walk of the
     cfg.  Feature indices follow torchvision's make_layers(batch_norm=True): conv, BN, ReLU
     per width, one module per "M"."""
     parts: list[PartitionSpec] = []
-    h, w = input_hw or spec.input_hw
+    h, w = input_hw
     pos = 0  # index into `features`
     cfg = spec.cfg
     for i, v in enumerate(cfg):
@@ -133,11 +184,16 @@ def partition_table(spec: ModelSpec, input_hw: tuple[int, int] | None = None) ->
         pos += 3  # conv, bn, relu
         pooled = i + 1 < len(cfg) and cfg[i + 1] == "M"
         ph, pw = (h // 2, w // 2) if pooled else (h, w)
+        end = pos + (1 if pooled else 0)
         parts.append(PartitionSpec(index=len(parts), channels=int(v), after_pooling=pooled,
-                                   feature_end=pos + (1 if pooled else 0), conv_feature=conv,
-                                   cfg_index=i, height=ph, width=pw))
+                                   feature_end=end, conv_feature=conv, cfg_index=i, height=ph, width=pw,
+                                   node=f"features_{end - 1}"))   # torch.fx's name for that module's node
         h, w = ph, pw
     return parts
+
+
+_PARTITION_WALKS = {BuilderKind.VGG_CFG: _cfg_partition_table,
+                    BuilderKind.TORCHVISION_GRAPH: _graph_partition_table}
 
 
 def partition_shapes(spec: ModelSpec, input_hw: tuple[int, int] | None = None

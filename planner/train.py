@@ -23,12 +23,10 @@ from tqdm.auto import tqdm
 
 from planner.data import IMAGE_HW
 from planner.datasets import dataset_arrays, dataset_classes, parse_dataset
-from planner.models import WEIGHTS_DIR, build_model, file_sha256, get_spec, model_names
+from planner.models import WEIGHTS_DIR, BuilderKind, build_model, file_sha256, get_spec, model_names
+from planner.registry import NoDatasetError, UnsupportedModelError  # noqa: F401 - raised here, caught by the CLI
 
 log = logging.getLogger(__name__)
-
-class NoDatasetError(ValueError):
-    """A model without a dataset to train or evaluate it on."""
 
 
 @dataclass(frozen=True)
@@ -96,8 +94,21 @@ def load_dataset(name: str, split: str, limit: int | None = None,
     return x, y
 
 
+def require_trainable(model_name: str) -> None:
+    """Training, scheme evaluation and banks fine-tune a VGG-cfg network (planner.pruning's
+    state-dict surgery, the bank's owned conv); a torchvision-graph model is refused by name."""
+    spec = get_spec(model_name)
+    if spec.builder is not BuilderKind.VGG_CFG:
+        vgg = ", ".join(model_names(BuilderKind.VGG_CFG))
+        raise UnsupportedModelError(
+            f"{model_name} is a torchvision-graph model (cuts from its torch.fx graph; no dataset-trained "
+            f"weights here): train, evaluate, evaluate-grid and bank build need a VGG-cfg model ({vgg}); "
+            f"{model_name} supports partitions, profile, frontier, search, export, serve and infer")
+
+
 def model_dataset(model_name: str, dataset: str | None = None) -> str:
     """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
+    require_trainable(model_name)
     if dataset is not None:
         return parse_dataset(dataset).name
     spec = get_spec(model_name)

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from planner.models import model_names
 from planner.scheme import Scheme
-from planner.train import FINETUNE_CONFIG, TrainConfig, train_model, train_record
+from planner.train import FINETUNE_CONFIG, TrainConfig, require_trainable, train_model, train_record
 
 _DEFAULTS = TrainConfig()
 _DATASET_HELP = ("fashion-mnist or imagefolder:DIR (DIR/train/CLASS/*.png|jpg and DIR/test/CLASS/*, decoded to "
@@ -115,6 +115,7 @@ def _evaluation_json(ev) -> dict:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from planner.evaluate import evaluate
+    require_trainable(args.model)            # before the database is opened (or created)
     with _open_db(args) as db:
         ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit,
@@ -140,6 +141,7 @@ def _int_list(text: str, name: str) -> list[int]:
 def _evaluate_grid(args: argparse.Namespace) -> int:
     from planner.evaluate import ensure_base_record, evaluate, grid_schemes, recipe_name
     from planner.models import conv_widths, get_spec
+    require_trainable(args.model)
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
     schemes = grid_schemes(args.model, channels, _int_list(args.bits, "--bits"))
     if args.partitions is not None:

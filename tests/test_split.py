@@ -6,17 +6,19 @@ import torch
 
 from common import codec
 from planner.pruning import select_channels
-from planner.models import build_model, get_spec, model_names, partition_shapes, partition_table
+from planner.models import BuilderKind, build_model, get_spec, model_names, partition_shapes, partition_table
 
-# small inputs keep vgg16_bn quick; the partition table does not depend on the input size
+# small inputs keep vgg16_bn quick; the partition table does not depend on the input size.
+# The VGG-cfg models; torchvision-graph models are split in tests/test_graph_cuts.py
+VGG_NAMES = model_names(BuilderKind.VGG_CFG)
 SMALL_HW = {"fmnist-vgg": (28, 28), "vgg11_bn": (32, 32), "vgg16_bn": (32, 32)}
-CASES = [(name, p.index) for name in model_names() for p in partition_table(get_spec(name))]
+CASES = [(name, p.index) for name in VGG_NAMES for p in partition_table(get_spec(name))]
 
 
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)
-    return {name: build_model(name, use_default_weights=name != "fmnist-vgg") for name in model_names()}
+    return {name: build_model(name, use_default_weights=name != "fmnist-vgg") for name in VGG_NAMES}
 
 
 @pytest.mark.parametrize("name,p", CASES, ids=[f"{n}-P{p}" for n, p in CASES])
@@ -36,7 +38,7 @@ def test_lossless_split_equals_unsplit(models, name, p):
         assert torch.allclose(got, expected[i], atol=1e-4, rtol=0), (got - expected[i]).abs().max()
 
 
-@pytest.mark.parametrize("name", model_names())
+@pytest.mark.parametrize("name", VGG_NAMES)
 def test_partition_shapes_match_the_head(models, name):
     model = models[name]
     x = torch.zeros(1, model.spec.in_channels, *SMALL_HW[name])
