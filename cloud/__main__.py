@@ -89,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replica-resources", type=parse_resources, metavar="JSON",
                    help="Ray custom resources each replica requires, e.g. '{\"coinfer\": 1}' with every node "
                         "started with --resources '{\"coinfer\": 1}': one replica per node (--engine ray)")
+    s.add_argument("--replica-timeout-s", type=float, metavar="S",
+                   help="send a request again when its replica has not answered in S seconds (a lost node; "
+                        f"at most {_D.redispatch_tries} tries, then UNAVAILABLE; --engine ray; default "
+                        f"{_D.replica_timeout_s})")
     s.add_argument("--batch-max-size", type=int, metavar="N",
                    help=f"requests a replica runs as one batch, 1 = off (--engine ray; default {_D.batch_max_size})")
     s.add_argument("--batch-wait-s", type=float, metavar="S",
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     ray_only = {"--replicas": args.replicas, "--ray-address": args.ray_address,
                 "--replica-resources": args.replica_resources, "--batch-max-size": args.batch_max_size,
-                "--batch-wait-s": args.batch_wait_s}
+                "--batch-wait-s": args.batch_wait_s, "--replica-timeout-s": args.replica_timeout_s}
     given = [flag for flag, value in ray_only.items() if value is not None]
     if args.engine != EngineKind.RAY.value and given:
         parser.error(f"{', '.join(given)}: only with --engine ray")
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
                        token_file=args.token_file, engine=EngineKind(args.engine),
                        replicas=_D.replicas if args.replicas is None else args.replicas,
                        ray_address=args.ray_address, replica_resources=args.replica_resources or (),
+                       replica_timeout_s=_D.replica_timeout_s if args.replica_timeout_s is None
+                       else args.replica_timeout_s,
                        batch_max_size=_D.batch_max_size if args.batch_max_size is None else args.batch_max_size,
                        batch_wait_s=_D.batch_wait_s if args.batch_wait_s is None else args.batch_wait_s)
     try:

@@ -93,6 +93,8 @@ class RayTails:
     def __init__(self, cfg: ServerConfig):
         if cfg.replicas < 1:
             raise ValueError(f"--replicas: expected at least 1, got {cfg.replicas}")
+        if not cfg.replica_timeout_s > 0:
+            raise ValueError(f"--replica-timeout-s: expected a positive number of seconds, got {cfg.replica_timeout_s}")
         if cfg.batch_max_size < 1:
             raise ValueError(f"--batch-max-size: expected at least 1, got {cfg.batch_max_size}")
         self.local = cfg.ray_address is None
@@ -118,6 +120,7 @@ class RayTails:
         self.replica_requests: Counter[str] = Counter()   # replica -> answers (failures included)
         self.batched_requests: Counter[int] = Counter()   # batch size -> requests answered in one
         self.tries = cfg.redispatch_tries
+        self.try_timeout_s = cfg.replica_timeout_s
         self.redispatched = 0
         self.gave_up = 0
         log.info("ray engine: %d replicas of %s on %s, batches up to %d", cfg.replicas, cfg.model,
@@ -134,12 +137,18 @@ class RayTails:
 
     def _dispatch(self, data: bytes, received_bytes: int, request_id: str) -> tuple[bytes | Exception, str, int]:
         """Send the request to a replica; when the replica dies or goes away before it answers
-        (a node lost, a worker killed), send it again, up to `self.tries` tries in all, then
+        (a node lost, a worker killed) or gives no answer within `try_timeout_s`, send it again,
+        up to `self.tries` tries in all, then
         TailsUnavailableError (UNAVAILABLE: the device retries or falls back)."""
         for attempt in range(1, self.tries + 1):
+            response = self.handle.remote(data, received_bytes)
             try:
-                return self.handle.remote(data, received_bytes).result()
-            except REPLICA_GONE as e:
+                return response.result(timeout_s=self.try_timeout_s)
+            except (*REPLICA_GONE, TimeoutError) as e:
+                # a request held by a replica whose node vanished may never be failed by Ray (its
+                # actor is not declared dead while the cluster waits for the node): a try times out
+                if isinstance(e, TimeoutError):
+                    response.cancel()
                 with self.lock:
                     if attempt < self.tries:
                         self.redispatched += 1

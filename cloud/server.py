@@ -77,6 +77,7 @@ class ServerConfig:
     batch_wait_s: float = 0.002          # how long a replica waits to fill a batch, seconds
     replica_resources: tuple[tuple[str, float], ...] = ()  # Ray custom resources each replica requires
     redispatch_tries: int = 3            # tries of a request whose replica dies mid-request, then UNAVAILABLE
+    replica_timeout_s: float = 5.0       # a try without an answer this long is sent again (a lost node), seconds
 
 
 # Calls beyond the bounds above that grpc itself refuses: health checks and refusals
