@@ -7,6 +7,7 @@ import logging
 import sys
 
 from planner.datasets import DatasetError
+from planner.parallel import EngineUnavailableError
 
 # subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
 # `func(args) -> int` as its default. Tables, not branches.
@@ -37,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except DatasetError as e:     # a --dataset that cannot be read: one line, no traceback
+    except (DatasetError, EngineUnavailableError) as e:   # a --dataset that cannot be read, --engine ray
+        # without Ray: one line, no traceback
         print(f"coinfer-plan: {e}", file=sys.stderr)
         return 2
 
