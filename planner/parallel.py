@@ -9,6 +9,7 @@ engine's does, from what the driver recorded.
 """
 from __future__ import annotations
 
+import argparse
 import enum
 import logging
 import os
@@ -77,3 +78,20 @@ def run_each(fn: Callable[[T], R], items: Iterable[T], engine: PlanEngine, cpus_
                 ray.cancel(ref, force=True)
     finally:
         ray.shutdown()
+
+
+# -- the flags, for every subcommand that runs schemes ----------------------------------------
+def add_engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--engine", choices=[e.value for e in PlanEngine], default=PlanEngine.PLAIN.value,
+                   help="plain: one scheme after another here; ray: one scheme per Ray task, each on --threads "
+                        "CPUs, results recorded by this process only (pip install 'opt-coinfer[ray]')")
+    p.add_argument("--ray-address", metavar="ADDR",
+                   help="Ray cluster to run the tasks on (--engine ray; default: a local Ray instance)")
+
+
+def check_engine_args(args: argparse.Namespace) -> PlanEngine:
+    """The PlanEngine asked for; --ray-address only with --engine ray."""
+    engine = PlanEngine(args.engine)
+    if args.ray_address and engine is not PlanEngine.RAY:
+        raise SystemExit("coinfer-plan: --ray-address: only with --engine ray")
+    return engine

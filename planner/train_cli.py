@@ -12,6 +12,7 @@ import torch
 from tqdm.auto import tqdm
 
 from planner.models import model_names
+from planner.parallel import add_engine_args, check_engine_args
 from planner.scheme import Scheme
 from planner.train import FINETUNE_CONFIG, TrainConfig, train_model, train_record
 
@@ -62,24 +63,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--force", action="store_true", help="re-evaluate rows already present")
     add_engine_args(g)
     g.set_defaults(func=_evaluate_grid)
-
-
-def add_engine_args(p: argparse.ArgumentParser) -> None:
-    from planner.parallel import PlanEngine
-    p.add_argument("--engine", choices=[e.value for e in PlanEngine], default=PlanEngine.PLAIN.value,
-                   help="plain: one scheme after another here; ray: one scheme per Ray task, each on --threads "
-                        "CPUs, results recorded by this process only (pip install 'opt-coinfer[ray]')")
-    p.add_argument("--ray-address", metavar="ADDR",
-                   help="Ray cluster to run the tasks on (--engine ray; default: a local Ray instance)")
-
-
-def check_engine_args(args: argparse.Namespace):
-    """The PlanEngine asked for; --ray-address only with --engine ray."""
-    from planner.parallel import PlanEngine
-    engine = PlanEngine(args.engine)
-    if args.ray_address and engine is not PlanEngine.RAY:
-        raise SystemExit("coinfer-plan: --ray-address: only with --engine ray")
-    return engine
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -85,3 +85,28 @@ def test_ray_address_needs_engine_ray(tmp_path):
     out = subprocess.run([sys.executable, "-m", "planner", "evaluate-grid", *GRID, "--db", str(tmp_path / "x.sqlite"),
                           "--ray-address", "127.0.0.1:1"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.returncode != 0 and "--ray-address: only with --engine ray" in out.stderr
+
+
+BANK = ["bank", "build", "--model", "fmnist-vgg", "--finetune-epochs", "1", "--train-limit", "256",
+        "--test-limit", "200", "--threads", "1", "--seed", "2", "--no-progress", "--json"]
+
+
+@pytest.mark.slow
+@ray_installed
+def test_ray_bank_build_gives_the_plain_bank_and_resumes(tmp_path, two_nodes):
+    plain = plan(*BANK, "--schemes", "1:8:4,5:4:2", "--out", str(tmp_path / "plain"), "--db", str(tmp_path / "p.db"))
+    first = plan(*BANK, "--schemes", "1:8:4", "--out", str(tmp_path / "ray"), "--db", str(tmp_path / "r.db"),
+                 "--engine", "ray", "--ray-address", two_nodes.address)
+    manifest = (tmp_path / "ray" / "manifest.json").read_text()
+    again = plan(*BANK, "--schemes", "1:8:4,5:4:2", "--out", str(tmp_path / "ray"), "--db", str(tmp_path / "r.db"),
+                 "--engine", "ray", "--ray-address", two_nodes.address)
+    assert first["engine"] == again["engine"] == "ray" and again["bank_schemes"] == 2
+    assert json.loads(manifest)["schemes"][0] in json.loads((tmp_path / "ray" / "manifest.json").read_text())["schemes"], \
+        "the resumed build kept the first entry as it was"
+    want = {r["scheme"]: r["top1_error"] for r in plain["schemes"]}
+    got = {r["scheme"]: r["top1_error"] for r in again["schemes"]}
+    assert got == pytest.approx(want, abs=1e-9)
+    assert db_rows(tmp_path / "r.db") == pytest.approx(db_rows(tmp_path / "p.db"), abs=1e-9)
+    for name in ("1-8-4", "5-4-2"):
+        files = sorted(p.name for p in (tmp_path / "ray").iterdir() if name in p.name)
+        assert files, f"the driver wrote the entry file of {name}"
