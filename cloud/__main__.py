@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import math
 import sys
 
 from cloud.server import EngineKind, ServerConfig, serve
@@ -22,6 +24,23 @@ def parse_hw(text: str) -> tuple[int, int]:
     if len(parts) != 2 or min(parts) < 1:
         raise argparse.ArgumentTypeError(f"expected a size like 224 or 240x320, got {text!r}")
     return parts[0], parts[1]
+
+
+def parse_resources(text: str) -> tuple[tuple[str, float], ...]:
+    """--replica-resources: a JSON object of Ray custom resource -> amount, e.g. '{"coinfer": 1}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"coinfer\": 1}}', got {text!r} ({e})")
+    if not isinstance(value, dict) or not value:
+        raise argparse.ArgumentTypeError(f"expected a non-empty JSON object like '{{\"coinfer\": 1}}', got {text!r}")
+    for name, amount in value.items():
+        if (isinstance(amount, bool) or not isinstance(amount, (int, float)) or not math.isfinite(amount)
+                or amount <= 0):
+            raise argparse.ArgumentTypeError(f"resource {name!r}: expected a positive number, got {amount!r}")
+        if not name or name in ("CPU", "GPU", "memory", "object_store_memory"):
+            raise argparse.ArgumentTypeError(f"expected custom resource names, got {name!r} (replicas take 1 CPU)")
+    return tuple(sorted((name, float(amount)) for name, amount in value.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--replicas", type=int, help=f"Ray Serve replicas of the tails (--engine ray; default {_D.replicas})")
     s.add_argument("--ray-address", metavar="ADDR",
                    help="Ray cluster to join (--engine ray; default: start a local Ray instance)")
+    s.add_argument("--replica-resources", type=parse_resources, metavar="JSON",
+                   help="Ray custom resources each replica requires, e.g. '{\"coinfer\": 1}' with every node "
+                        "started with --resources '{\"coinfer\": 1}': one replica per node (--engine ray)")
+    s.add_argument("--replica-timeout-s", type=float, metavar="S",
+                   help="send a request again when its replica has not answered in S seconds (a lost node; "
+                        f"at most {_D.redispatch_tries} tries, then UNAVAILABLE; --engine ray; default "
+                        f"{_D.replica_timeout_s})")
     s.add_argument("--batch-max-size", type=int, metavar="N",
                    help=f"requests a replica runs as one batch, 1 = off (--engine ray; default {_D.batch_max_size})")
     s.add_argument("--batch-wait-s", type=float, metavar="S",
@@ -81,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     ray_only = {"--replicas": args.replicas, "--ray-address": args.ray_address,
-                "--batch-max-size": args.batch_max_size, "--batch-wait-s": args.batch_wait_s}
+                "--replica-resources": args.replica_resources, "--batch-max-size": args.batch_max_size,
+                "--batch-wait-s": args.batch_wait_s, "--replica-timeout-s": args.replica_timeout_s}
     given = [flag for flag, value in ray_only.items() if value is not None]
     if args.engine != EngineKind.RAY.value and given:
         parser.error(f"{', '.join(given)}: only with --engine ray")
@@ -98,7 +125,9 @@ def main(argv: list[str] | None = None) -> int:
                        tls_cert=args.tls_cert, tls_key=args.tls_key, tls_client_ca=args.tls_client_ca,
                        token_file=args.token_file, engine=EngineKind(args.engine),
                        replicas=_D.replicas if args.replicas is None else args.replicas,
-                       ray_address=args.ray_address,
+                       ray_address=args.ray_address, replica_resources=args.replica_resources or (),
+                       replica_timeout_s=_D.replica_timeout_s if args.replica_timeout_s is None
+                       else args.replica_timeout_s,
                        batch_max_size=_D.batch_max_size if args.batch_max_size is None else args.batch_max_size,
                        batch_wait_s=_D.batch_wait_s if args.batch_wait_s is None else args.batch_wait_s)
     try:

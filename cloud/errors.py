@@ -35,6 +35,10 @@ class ShuttingDownError(CloudError):
     """The server is draining and takes no new work."""
 
 
+class TailsUnavailableError(CloudError):
+    """No Ray Serve replica answered a request after every re-dispatch (cloud.ray_engine)."""
+
+
 class OverloadedError(CloudError):
     """Over the configured bound on in-flight memory."""
 
@@ -69,6 +73,7 @@ STATUS_OF: dict[type[BaseException], grpc.StatusCode] = {
     ArtifactMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     WeightsMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    TailsUnavailableError: grpc.StatusCode.UNAVAILABLE,
     OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
     InvalidFieldError: grpc.StatusCode.INVALID_ARGUMENT,

@@ -46,18 +46,22 @@ class _StateCollector(Collector):
         yield tails
         stats = getattr(e.runner, "stats", None)       # the Ray engine's replicas (cloud.ray_engine)
         if stats is not None:
-            per_replica, per_batch = stats()
+            st = stats()
             replicas = CounterMetricFamily("coinfer_replica_requests", "Requests answered by each Ray Serve replica",
                                            labels=["replica"])
-            for replica, n in sorted(per_replica.items()):
+            for replica, n in sorted(st.per_replica.items()):
                 replicas.add_metric([replica], n)
             batched = CounterMetricFamily("coinfer_replica_batched_requests", "Requests answered in a tail batch "
                                           "of each size (equal model, artifact, partition and tail)",
                                           labels=["batch_size"])
-            for size, n in sorted(per_batch.items()):
+            for size, n in sorted(st.per_batch.items()):
                 batched.add_metric([str(size)], n)
             yield replicas
             yield batched
+            yield CounterMetricFamily("coinfer_replica_redispatched", "Requests sent to another try after their "
+                                      "replica died or went away mid-request", value=st.redispatched)
+            yield CounterMetricFamily("coinfer_replica_unavailable", "Requests answered UNAVAILABLE after every "
+                                      "try found its replica gone", value=st.gave_up)
 
 
 class CloudMetrics:

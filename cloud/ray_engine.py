@@ -14,19 +14,37 @@ import dataclasses
 import logging
 import os
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
 
 import ray
 import torch
 from ray import serve
+from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+from ray.serve.exceptions import ReplicaUnavailableError
 
 from cloud.engine import LocalTails, Prepared
+from cloud.errors import TailsUnavailableError
 from cloud.server import ServerConfig, load_served_model
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 APP_NAME = "coinfer-tails"
+# what a replica that died or went away mid-request raises at the handle: the request is sent again
+REPLICA_GONE = (RayActorError, WorkerCrashedError, NodeDiedError, ReplicaUnavailableError)
+REDISPATCH_PAUSE_S = 0.05        # before the next try, seconds (Serve's router drops a dead replica)
+
+
+@dataclass(frozen=True)
+class ReplicaStats:
+    """What the front has seen of the replicas since start (copied, for /metrics)."""
+
+    per_replica: dict[str, int]       # replica -> answers (failures included)
+    per_batch: dict[int, int]         # batch size -> requests answered in one
+    redispatched: int                 # requests sent again after their replica went away
+    gave_up: int                      # requests answered UNAVAILABLE after every try failed
 
 
 @serve.deployment
@@ -75,19 +93,24 @@ class RayTails:
     def __init__(self, cfg: ServerConfig):
         if cfg.replicas < 1:
             raise ValueError(f"--replicas: expected at least 1, got {cfg.replicas}")
+        if not cfg.replica_timeout_s > 0:
+            raise ValueError(f"--replica-timeout-s: expected a positive number of seconds, got {cfg.replica_timeout_s}")
         if cfg.batch_max_size < 1:
             raise ValueError(f"--batch-max-size: expected at least 1, got {cfg.batch_max_size}")
         self.local = cfg.ray_address is None
         if self.local:
             # the local instance's processes inherit this; no usage report from a daemon
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+            # the local instance holds what every replica asks for (a cluster's nodes declare theirs)
             ray.init(num_cpus=cfg.replicas, include_dashboard=False, log_to_driver=False,
-                     logging_level=logging.WARNING)
+                     logging_level=logging.WARNING,
+                     resources={name: amount * cfg.replicas for name, amount in cfg.replica_resources})
         else:
             ray.init(address=cfg.ray_address, log_to_driver=False, logging_level=logging.WARNING)
         try:
             serve.start(proxy_location="Disabled")
-            app = TailReplica.options(num_replicas=cfg.replicas, ray_actor_options={"num_cpus": 1},
+            actor = {"num_cpus": 1, "resources": dict(cfg.replica_resources)}
+            app = TailReplica.options(num_replicas=cfg.replicas, ray_actor_options=actor,
                                       max_ongoing_requests=max(16, 4 * cfg.batch_max_size)).bind(cfg)
             self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
         except BaseException:
@@ -96,11 +119,15 @@ class RayTails:
         self.lock = threading.Lock()
         self.replica_requests: Counter[str] = Counter()   # replica -> answers (failures included)
         self.batched_requests: Counter[int] = Counter()   # batch size -> requests answered in one
+        self.tries = cfg.redispatch_tries
+        self.try_timeout_s = cfg.replica_timeout_s
+        self.redispatched = 0
+        self.gave_up = 0
         log.info("ray engine: %d replicas of %s on %s, batches up to %d", cfg.replicas, cfg.model,
                  "a local Ray instance" if self.local else cfg.ray_address, cfg.batch_max_size)
 
     def infer(self, req: pb.InferRequest, received_bytes: int) -> pb.InferResponse:
-        answer, replica, batch = self.handle.remote(req.SerializeToString(), received_bytes).result()
+        answer, replica, batch = self._dispatch(req.SerializeToString(), received_bytes, req.request_id)
         with self.lock:
             self.replica_requests[replica] += 1
             self.batched_requests[batch] += 1
@@ -108,10 +135,35 @@ class RayTails:
             raise answer
         return pb.InferResponse.FromString(answer)
 
-    def stats(self) -> tuple[dict[str, int], dict[int, int]]:
-        """(answers per replica, requests per batch size), copied."""
+    def _dispatch(self, data: bytes, received_bytes: int, request_id: str) -> tuple[bytes | Exception, str, int]:
+        """Send the request to a replica; when the replica dies or goes away before it answers
+        (a node lost, a worker killed) or gives no answer within `try_timeout_s`, send it again,
+        up to `self.tries` tries in all, then
+        TailsUnavailableError (UNAVAILABLE: the device retries or falls back)."""
+        for attempt in range(1, self.tries + 1):
+            response = self.handle.remote(data, received_bytes)
+            try:
+                return response.result(timeout_s=self.try_timeout_s)
+            except (*REPLICA_GONE, TimeoutError) as e:
+                # a request held by a replica whose node vanished may never be failed by Ray (its
+                # actor is not declared dead while the cluster waits for the node): a try times out
+                if isinstance(e, TimeoutError):
+                    response.cancel()
+                with self.lock:
+                    if attempt < self.tries:
+                        self.redispatched += 1
+                    else:
+                        self.gave_up += 1
+                log.warning("request %r: replica gone (%s), try %d of %d%s", request_id[:64], type(e).__name__,
+                            attempt, self.tries, "; sending it again" if attempt < self.tries else "; giving up")
+                if attempt < self.tries:
+                    time.sleep(REDISPATCH_PAUSE_S * attempt)
+        raise TailsUnavailableError(f"no replica answered after {self.tries} tries; retry later")
+
+    def stats(self) -> ReplicaStats:
         with self.lock:
-            return dict(self.replica_requests), dict(self.batched_requests)
+            return ReplicaStats(dict(self.replica_requests), dict(self.batched_requests), self.redispatched,
+                                self.gave_up)
 
     def close(self) -> None:
         self._shutdown()

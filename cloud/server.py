@@ -75,6 +75,9 @@ class ServerConfig:
     ray_address: str | None = None       # Ray cluster to join; None = start a local Ray instance
     batch_max_size: int = 8              # most requests one replica runs as one batch; 1 = no batching
     batch_wait_s: float = 0.002          # how long a replica waits to fill a batch, seconds
+    replica_resources: tuple[tuple[str, float], ...] = ()  # Ray custom resources each replica requires
+    redispatch_tries: int = 3            # tries of a request whose replica dies mid-request, then UNAVAILABLE
+    replica_timeout_s: float = 5.0       # a try without an answer this long is sent again (a lost node), seconds
 
 
 # Calls beyond the bounds above that grpc itself refuses: health checks and refusals

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from planner.datasets import DatasetError
+from planner.parallel import EngineUnavailableError
 from planner.registry import NoDatasetError, UnsupportedModelError
 
 # subcommand -> module that defines `add_parser(subparsers) -> None`; each parser sets
@@ -39,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (DatasetError, NoDatasetError, UnsupportedModelError) as e:   # one line, no traceback
+    except (DatasetError, NoDatasetError, UnsupportedModelError, EngineUnavailableError) as e:
+        # a --dataset that cannot be read, a model that cannot be trained here, --engine ray
+        # without Ray: one line, no traceback
         print(f"coinfer-plan: {e}", file=sys.stderr)
         return 2
 

@@ -13,6 +13,7 @@ build resumes where it stopped.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -24,13 +25,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from planner.accuracy_db import AccuracyDB, AccuracyRecord
-from planner.bank import (BankEntry, BankError, BankTail, BankWeightsMismatch, Manifest, read_manifest,
+from planner.bank import (BankEntry, BankError, BankTail, BankWeightsMismatch, Manifest, OwnedLayer, read_manifest,
                           save_entry, write_manifest, MANIFEST)
 from planner.evaluate import _model_weights, ensure_base_record, quantize_dequantize, recipe_name
 from planner.models import SplitCNN, build_model, file_sha256
+from planner.parallel import PlanEngine, run_each
 from planner.pruning import select_channels
 from planner.scheme import Scheme, SchemeError
-from planner.train import (FINETUNE_CONFIG, dataset_num_classes, fit, input_shape, load_dataset, model_dataset,
+from planner.train import (FINETUNE_CONFIG, TrainConfig, dataset_num_classes, fit, input_shape, load_dataset, model_dataset,
                            predict_logits, top1_error)
 
 log = logging.getLogger(__name__)
@@ -80,15 +82,66 @@ class BankBuildConfig:
     dataset: str | None = None        # `fashion-mnist` or `imagefolder:DIR`; None = the model's own
 
 
+@dataclass(frozen=True)
+class TrainedEntry:
+    """One scheme's fine-tuned owned layer and its test, before anything is written."""
+
+    keep: tuple[int, ...]              # kept channel indices, in the device's order
+    top1_error: float
+    test_size: int
+    seconds: float                     # fine-tune + test, seconds
+    layer: OwnedLayer
+    state: dict[str, torch.Tensor]     # the owned layer's state dict
+
+
+@dataclass(frozen=True)
+class _Data:
+    base: SplitCNN
+    train: tuple[torch.Tensor, torch.Tensor]   # (N, C, H, W) uint8 images, (N,) labels
+    test: tuple[torch.Tensor, torch.Tensor]
+    train_cfg: TrainConfig
+
+
+def _load(model_name: str, dataset: str, weights: str, cfg: BankBuildConfig) -> _Data:
+    shape = input_shape(model_name)
+    base = build_model(model_name, num_classes=dataset_num_classes(dataset), weights=weights)
+    train_cfg = dataclasses.replace(BANK_CONFIG, epochs=cfg.epochs, seed=cfg.seed, threads=cfg.threads,
+                                    train_limit=cfg.train_limit)
+    return _Data(base, load_dataset(dataset, "train", cfg.train_limit, shape),
+                 load_dataset(dataset, "test", cfg.test_limit, shape), train_cfg)
+
+
+def train_entry(scheme: Scheme, data: _Data) -> TrainedEntry:
+    """Fine-tune and test `scheme`'s owned layer on `data` (writes nothing)."""
+    t0 = time.perf_counter()
+    keep = select_channels(data.base, scheme.partition, scheme.channels)
+    net = BankTrainNet(data.base, scheme, keep)
+    if data.train_cfg.epochs > 0:
+        fit(net, data.base.preprocess, *data.train, data.train_cfg, desc=f"fine-tune {scheme}", progress=False)
+    x_test, y_test = data.test
+    err = top1_error(predict_logits(net, data.base.preprocess, x_test), y_test)
+    return TrainedEntry(tuple(keep), err, int(x_test.shape[0]), time.perf_counter() - t0, net.tail.layer,
+                        {k: v.detach().clone() for k, v in net.tail.state_dict().items()})
+
+
+def train_entry_detached(scheme: Scheme, model_name: str, dataset: str, weights: str,
+                         cfg: BankBuildConfig) -> TrainedEntry:
+    """`train_entry` as a Ray task: loads the network and data where it runs."""
+    return train_entry(scheme, _load_cached(model_name, dataset, weights, cfg))
+
+
+_load_cached = functools.lru_cache(maxsize=2)(_load)     # a Ray worker runs many schemes of one build
+
+
 def build_bank(model_name: str, out: str | Path, schemes: Sequence[Scheme], db: AccuracyDB,
-               cfg: BankBuildConfig = BankBuildConfig(), progress: bool = True) -> Manifest:
+               cfg: BankBuildConfig = BankBuildConfig(), progress: bool = True,
+               engine: PlanEngine = PlanEngine.PLAIN, ray_address: str | None = None) -> Manifest:
     """Build (or resume) the bank at `out` for `schemes`; returns the final manifest.
 
     A scheme already in the manifest (same recipe) is kept; a directory holding a bank of
     another model, recipe or weights is refused rather than mixed."""
     out = Path(out)
     dataset = model_dataset(model_name, cfg.dataset)
-    shape = input_shape(model_name)
     weights = _model_weights(model_name, cfg.weights)
     sha = file_sha256(weights)
     recipe = bank_recipe(cfg.epochs, cfg.seed, cfg.train_limit, cfg.test_limit)
@@ -107,30 +160,26 @@ def build_bank(model_name: str, out: str | Path, schemes: Sequence[Scheme], db: 
     for s in todo:
         if not s.is_split:
             raise SchemeError(f"expected P:C:B schemes for a bank, got {s}")
-    base = build_model(model_name, num_classes=dataset_num_classes(dataset), weights=weights)
-    x_train, y_train = load_dataset(dataset, "train", cfg.train_limit, shape)
-    x_test, y_test = load_dataset(dataset, "test", cfg.test_limit, shape)
-    train_cfg = dataclasses.replace(BANK_CONFIG, epochs=cfg.epochs, seed=cfg.seed, threads=cfg.threads,
-                                    train_limit=cfg.train_limit)
-    bar = tqdm(todo, desc=f"bank {model_name}", unit="scheme", disable=not progress, dynamic_ncols=True)
-    for scheme in bar:
+    if engine is PlanEngine.PLAIN:      # the data and the network are loaded once, here
+        job = functools.partial(train_entry, data=_load(model_name, dataset, str(weights), cfg))
+    else:                               # each task loads them where it runs (once per worker)
+        job = functools.partial(train_entry_detached, model_name=model_name, dataset=dataset,
+                                weights=str(weights.resolve()), cfg=cfg)
+    bar = tqdm(total=len(todo), desc=f"bank {model_name}", unit="scheme", disable=not progress, dynamic_ncols=True)
+    # the entries' files, the manifest and the rows are written here only, as each scheme arrives
+    for scheme, t in run_each(job, todo, engine, cfg.threads, ray_address):
+        bar.update()
         bar.set_postfix(scheme=str(scheme))
-        t0 = time.perf_counter()
-        keep = select_channels(base, scheme.partition, scheme.channels)
-        net = BankTrainNet(base, scheme, keep)
-        if cfg.epochs > 0:
-            fit(net, base.preprocess, x_train, y_train, train_cfg, desc=f"fine-tune {scheme}", progress=False)
-        err = top1_error(predict_logits(net, base.preprocess, x_test), y_test)
-        seconds = time.perf_counter() - t0
-        name, file_sha = save_entry(out, model_name, sha, scheme, keep, net.tail.layer, net.tail.state_dict())
-        entry = BankEntry(scheme, tuple(keep), err, err - manifest.base_top1_error, int(x_test.shape[0]),
-                          name, file_sha, seconds)
+        name, file_sha = save_entry(out, model_name, sha, scheme, t.keep, t.layer, t.state)
+        entry = BankEntry(scheme, t.keep, t.top1_error, t.top1_error - manifest.base_top1_error, t.test_size,
+                          name, file_sha, t.seconds)
         manifest = dataclasses.replace(manifest, schemes=manifest.schemes + (entry,))
         write_manifest(out, manifest)
-        db.upsert(AccuracyRecord(model_name, dataset, str(scheme), recipe, err, int(x_test.shape[0]), seconds,
+        db.upsert(AccuracyRecord(model_name, dataset, str(scheme), recipe, t.top1_error, t.test_size, t.seconds,
                                  str((out / name).resolve()), file_sha))
-        log.info("bank %s: %s error %.4f (loss %+.4f) in %.1f s", model_name, scheme, err,
-                 entry.accuracy_loss, seconds)
+        log.info("bank %s: %s error %.4f (loss %+.4f) in %.1f s", model_name, scheme, t.top1_error,
+                 entry.accuracy_loss, t.seconds)
+    bar.close()
     if not (out / MANIFEST).is_file():
         write_manifest(out, manifest)
     return manifest

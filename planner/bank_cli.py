@@ -10,6 +10,7 @@ import numpy as np
 
 from planner.bank_build import BankBuildConfig
 from planner.models import model_names
+from planner.parallel import add_engine_args, check_engine_args
 from planner.scheme import Scheme
 
 _D = BankBuildConfig()
@@ -47,6 +48,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="frontier: device speed range LO,HI as fractions of the profiled device")
     b.add_argument("--frontier-margin", type=float, default=0.1,
                    help="frontier: also take schemes within this fraction of the faster single end (model error)")
+    add_engine_args(b)
     b.add_argument("--no-progress", action="store_true", help="no progress bar")
     b.add_argument("--json", action="store_true", help="last line of stdout: one JSON object")
     b.set_defaults(func=_build)
@@ -88,6 +90,7 @@ def _build(args: argparse.Namespace) -> int:
     from planner.evaluate import default_db_path
     from planner.train import require_trainable
     require_trainable(args.model)            # before listing schemes: graph models are refused by name
+    engine = check_engine_args(args)
     schemes = select_schemes(args)
     out = args.out or BANKS_DIR / args.model
     cfg = BankBuildConfig(epochs=args.finetune_epochs, seed=args.seed, train_limit=args.train_limit,
@@ -96,7 +99,8 @@ def _build(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     print(f"{args.model}: {len(schemes)} schemes into {out}", flush=True)
     with AccuracyDB(args.db or default_db_path(args.model)) as db:
-        manifest = build_bank(args.model, out, schemes, db, cfg, progress=not args.no_progress)
+        manifest = build_bank(args.model, out, schemes, db, cfg, progress=not args.no_progress, engine=engine,
+                              ray_address=args.ray_address)
     size = sum(f.stat().st_size for f in Path(out).iterdir() if f.is_file())
     wanted = set(schemes)
     rows = [{"scheme": str(e.scheme), "top1_error": e.top1_error, "accuracy_loss": e.accuracy_loss}
@@ -104,7 +108,7 @@ def _build(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "out": str(out), "recipe": manifest.recipe, "schemes": rows,
                           "bank_schemes": len(manifest.schemes), "bytes": size,
-                          "seconds": round(time.perf_counter() - t0, 1)}))
+                          "seconds": round(time.perf_counter() - t0, 1), "engine": engine.value}))
     else:
         for r in rows:
             print(f"{r['scheme']:>9}  error {r['top1_error']:.4f}  loss {r['accuracy_loss']:+.4f}")

@@ -194,6 +194,17 @@ def evaluate(model_name: str, scheme: Scheme, finetune_epochs: float, db: Accura
                       channel_indices=keep, finetune_s=finetune_s, test_s=test_s, logits=logits)
 
 
+def evaluate_detached(scheme: Scheme, model_name: str, finetune_epochs: float, base: AccuracyRecord,
+                      **kwargs) -> Evaluation:
+    """`evaluate` without the caller's database (a Ray task may run anywhere): the base row is
+    given, the scheme's row goes to a private in-memory database and comes back in the result
+    for the caller to record; the logits are dropped (they would only travel)."""
+    with AccuracyDB(":memory:") as db:
+        db.upsert(base)
+        ev = evaluate(model_name, scheme, finetune_epochs, db, **kwargs)
+    return dataclasses.replace(ev, logits=torch.empty(0))
+
+
 def evaluate_scheme(model_name: str, scheme: Scheme, finetune_epochs: float, db: AccuracyDB,
                     seed: int = 0, train_limit: int | None = None, test_limit: int | None = None,
                     artifact_dir: str | Path | None = None) -> AccuracyRecord:

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import time
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from planner.models import model_names
+from planner.parallel import add_engine_args, check_engine_args
 from planner.scheme import Scheme
 from planner.train import FINETUNE_CONFIG, TrainConfig, require_trainable, train_model, train_record
 
@@ -58,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--artifact-dir", type=Path, default=None,
                    help="save each scheme's artifact there (default: none saved, the row's artifact is null)")
     g.add_argument("--force", action="store_true", help="re-evaluate rows already present")
+    add_engine_args(g)
     g.set_defaults(func=_evaluate_grid)
 
 
@@ -139,9 +143,11 @@ def _int_list(text: str, name: str) -> list[int]:
 
 
 def _evaluate_grid(args: argparse.Namespace) -> int:
-    from planner.evaluate import ensure_base_record, evaluate, grid_schemes, recipe_name
+    from planner.evaluate import ensure_base_record, evaluate_detached, grid_schemes, recipe_name
     from planner.models import conv_widths, get_spec
     require_trainable(args.model)
+    from planner.parallel import run_each
+    engine = check_engine_args(args)
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
     schemes = grid_schemes(args.model, channels, _int_list(args.bits, "--bits"))
     if args.partitions is not None:
@@ -150,6 +156,7 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
     recipe = recipe_name(args.finetune_epochs, args.seed, args.train_limit, args.test_limit)
     finetune = _finetune_config(args)
     rows = []
+    t0 = time.perf_counter()
     with _open_db(args) as db:
         base = ensure_base_record(args.model, db, args.test_limit, args.weights, not args.no_progress,
                                   args.dataset)
@@ -162,19 +169,26 @@ def _evaluate_grid(args: argparse.Namespace) -> int:
                                  0 if s.channels == widths[s.partition] else -s.channels, -s.bits, s.partition))
         print(f"{args.model}: {len(schemes)} schemes, {len(schemes) - len(todo)} already in {db.path} "
               f"for recipe {recipe}; evaluating {len(todo)}; base error {base.top1_error:.4f}", flush=True)
-        bar = tqdm(todo, desc=f"grid {args.model}", unit="scheme", disable=args.no_progress,
+        bar = tqdm(total=len(todo), desc=f"grid {args.model}", unit="scheme", disable=args.no_progress,
                    dynamic_ncols=True)
-        for i, scheme in enumerate(bar, 1):
-            ev = evaluate(args.model, scheme, args.finetune_epochs, db, seed=args.seed,
-                          train_limit=args.train_limit, test_limit=args.test_limit,
-                          artifact_dir=args.artifact_dir, save=args.artifact_dir is not None,
-                          weights=args.weights, progress=False, finetune=finetune, dataset=args.dataset)
+        job = functools.partial(evaluate_detached, model_name=args.model, finetune_epochs=args.finetune_epochs,
+                                base=base, seed=args.seed, train_limit=args.train_limit,
+                                test_limit=args.test_limit, save=args.artifact_dir is not None, progress=False,
+                                # absolute: a task's working directory is Ray's, not ours
+                                artifact_dir=args.artifact_dir and args.artifact_dir.resolve(),
+                                weights=args.weights and args.weights.resolve(),
+                                finetune=finetune, dataset=args.dataset)
+        # each row is recorded here as it arrives (one SQLite writer); an interrupted grid resumes
+        for i, (scheme, ev) in enumerate(run_each(job, todo, engine, args.threads, args.ray_address), 1):
+            db.upsert(ev.record)
             rows.append(_evaluation_json(ev))
+            bar.update()
             tqdm.write(f"[{i}/{len(todo)}] {scheme}: top-1 error {ev.record.top1_error:.4f} "
                        f"loss {ev.accuracy_loss:+.4f} {ev.record.seconds:.1f} s")
         bar.close()
     if args.json:
         print(json.dumps({"model": args.model, "recipe": recipe, "evaluated": len(rows),
                           "skipped": len(schemes) - len(todo), "base_error": base.top1_error,
-                          "seconds": round(sum(r["seconds"] for r in rows), 1), "rows": rows}))
+                          "seconds": round(sum(r["seconds"] for r in rows), 1),
+                          "wall_s": round(time.perf_counter() - t0, 1), "engine": engine.value, "rows": rows}))
     return 0

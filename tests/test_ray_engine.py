@@ -165,6 +165,23 @@ def test_ray_flags_need_engine_ray():
     assert out.returncode == 2 and "--replicas: only with --engine ray" in out.stderr
 
 
+@pytest.mark.parametrize("text, says", [("coinfer", "expected a JSON object"), ('["coinfer"]', "JSON object"),
+                                         ('{"coinfer": 0}', "'coinfer': expected a positive number"),
+                                         ('{"coinfer": "1"}', "expected a positive number"),
+                                         ('{"CPU": 1}', "custom resource names")])
+def test_bad_replica_resources_exit_2_naming_the_flag(text, says):
+    out = subprocess.run([sys.executable, "-m", "cloud", "serve", "--port", "0", "--engine", "ray",
+                          "--replica-resources", text], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--replica-resources" in out.stderr and says in out.stderr, out.stderr
+    assert "listening" not in out.stdout
+
+
+def test_replica_resources_need_engine_ray():
+    out = subprocess.run([sys.executable, "-m", "cloud", "serve", "--port", "0", "--replica-resources",
+                          '{"coinfer": 1}'], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--replica-resources: only with --engine ray" in out.stderr
+
+
 @torch.inference_mode()
 def test_batched_tails_equal_one_by_one():
     """LocalTails.run_batch (what each replica runs): equal keys share one batch, answers keep
