@@ -13,7 +13,7 @@ DEMO_RATE ?= 0.05
 
 DEVICE_VENV ?= .venv-device
 
-.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating bench-stream clean
+.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating bench-ranking bench-stream clean
 
 all: test
 
@@ -84,6 +84,10 @@ bench-operating: $(STAMP) data
 # root only: pipelined frames (depth 1 vs 4) and the throughput objective on shaped links
 bench-stream: $(STAMP) data
 	$(PY) -m bench.stream --quota $(QUOTA)
+
+# channel rankings at a cut on fmnist-vgg: BN-folded vs mean absolute activation
+bench-ranking: $(STAMP) data
+	$(PY) -m bench.ranking
 
 # root only: TCP goodput over the shaped veth vs the tbf rate, and the CPU quota's slowdown
 bench-netns: $(STAMP) data
