@@ -140,6 +140,8 @@ class Device:
             self.info = fetch_model_info(self.client, cfg.model)     # None while the cloud is unreachable
             if self.artifact is None and (cfg.tail is TailChoice.BANK or self.runtime is Runtime.ONNX):
                 check_weights(self.info, self.heads, self.runtime)
+            if self.info is not None and self.artifact is None:   # images of the size the cloud serves
+                self.heads = self.heads.at_input(tuple(self.info.input_shape[1:]))
         self.runner = DeviceRunner(self.heads, cfg.model, self.client, codec.CodecConfig(cfg.zstd_level),
                                    self.artifact, use_bank=cfg.tail is TailChoice.BANK)
         if cfg.cpu_quota is not None:   # after imports and model loading, before profiling
@@ -178,8 +180,6 @@ class Device:
         if self.artifact is not None:
             raise InputError("--scheme auto plans over the unmodified model and the cloud's bank; drop --artifact")
         cfg = self.cfg
-        if self.info is not None:        # plan for the image size the cloud's tables are for
-            self.heads = self.runner.heads = self.heads.at_input(tuple(self.info.input_shape[1:]))
         device = cached_device_times(self.heads, cfg.cpu_quota)
         planner = self._planner()
         from device.cpu_quota import cpu_limit

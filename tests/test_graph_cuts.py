@@ -216,6 +216,7 @@ def test_split_over_grpc_gives_the_local_models_top1(resnet_cloud, resnet_images
         c = model.partitions[p].channels
         dev = Device(DeviceConfig(cloud=resnet_cloud.address, model="resnet18", scheme=f"{p}:{c}:8",
                                   tail=TailChoice.UNMODIFIED, lossless=bits == "lossless"))
+        assert dev.input_hw == SMALL_HW     # a fixed scheme reads images at the size the cloud serves
         try:
             results = [dev.frame(img, None)[0] for img in resnet_images]
         finally:
