@@ -27,6 +27,7 @@ import torch
 import torchvision
 from torch import nn
 
+from planner.cut_model import CutModel
 from planner.graph import Cut, cut_shapes, find_cuts, slice_graph, trace
 from planner.registry import BuilderKind, ModelSpec, PartitionSpec, file_sha256, get_spec
 
@@ -36,7 +37,7 @@ STATS_IMAGES = 16         # seeded images for the mean-absolute-activation ranki
 STATS_SEED = 0
 
 
-class GraphCNN(nn.Module):
+class GraphCNN(CutModel):
     """A torchvision classification network that can run any head or tail of itself."""
 
     def __init__(self, spec: ModelSpec, num_classes: int | None = None, seed: int = 0):
@@ -74,16 +75,6 @@ class GraphCNN(nn.Module):
         self._orders.update(orders)
         self.orders_source = path.name
         return True
-
-    def partition(self, p: int) -> PartitionSpec:
-        if not 0 <= p < len(self.partitions):
-            raise ValueError(
-                f"partition P must be in 0..{len(self.partitions) - 1} for {self.spec.name}, got {p}")
-        return self.partitions[p]
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 -> (N, C, H, W) float32, normalised."""
-        return (images.float() / 255.0 - self.mean) / self.std
 
     def segment(self, k: int) -> nn.Module:
         """Segment k: input -> cut 0 (k = 0), cut k-1 -> cut k, last cut -> logits (k = len(partitions))."""

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torchvision.models.vgg import make_layers
 
+from planner.cut_model import CutModel
 from planner.registry import (IMAGENET_MEAN, IMAGENET_STD, VGG_CFGS, WEIGHTS_DIR, BuilderKind, ModelSpec,
                               PartitionSpec, UnknownModelError, WeightsError, WeightsMismatch, conv_widths,
                               default_weights_path, file_sha256, get_spec, model_names, partition_shapes,
@@ -23,7 +24,7 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "VGG_CFGS", "WEIGHTS_DIR", "BuilderK
 log = logging.getLogger(__name__)
 
 
-class SplitCNN(nn.Module):
+class SplitCNN(CutModel):
     """A VGG-style CNN that can run any head or tail of itself.
 
     Attribute names (`features`, `avgpool`, `classifier`) match torchvision's VGG so its
@@ -69,16 +70,6 @@ class SplitCNN(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, 0, 0.01)
                 nn.init.zeros_(m.bias)
-
-    def partition(self, p: int) -> PartitionSpec:
-        if not 0 <= p < len(self.partitions):
-            raise ValueError(
-                f"partition P must be in 0..{len(self.partitions) - 1} for {self.spec.name}, got {p}")
-        return self.partitions[p]
-
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, C, H, W) uint8 -> (N, C, H, W) float32, normalised."""
-        return (images.float() / 255.0 - self.mean) / self.std
 
     def head(self, x: torch.Tensor, p: int) -> torch.Tensor:
         """(N, C, H, W) normalised input -> (N, C_p, H_p, W_p) feature map at P."""
