@@ -8,22 +8,11 @@ import math
 import sys
 
 from cloud.server import EngineKind, ServerConfig, serve
+from common.cli import parse_hw
 from common.logs import LogFormat, configure_logging
 from planner.models import model_names
 
 _D = ServerConfig()     # the CLI's defaults are the config's
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    try:
-        parts = [int(v) for v in text.lower().split("x")]
-    except ValueError:
-        parts = []
-    if len(parts) == 1:
-        parts *= 2
-    if len(parts) != 2 or min(parts) < 1:
-        raise argparse.ArgumentTypeError(f"expected a size like 224 or 240x320, got {text!r}")
-    return parts[0], parts[1]
 
 
 def parse_resources(text: str) -> tuple[tuple[str, float], ...]:

@@ -8,17 +8,8 @@ import argparse
 import json
 import sys
 
+from common.cli import parse_hw
 from planner.registry import BuilderKind, UnknownModelError, get_spec, partition_table
-
-
-def parse_hw(text: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW such as 224x224, got {text!r}") from None
-    if h < 1 or w < 1:
-        raise argparse.ArgumentTypeError(f"expected positive HxW, got {text!r}")
-    return h, w
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -42,7 +42,8 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children() -> dict[int, list[int]]:
+def children_by_parent() -> dict[int, list[int]]:
+    """pid -> its child pids, every process (from /proc)."""
     out: dict[int, list[int]] = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -114,7 +115,7 @@ class LocalRayCluster:
 
     def pids(self) -> set[int]:
         """Every live process of this cluster: the roots and everything below them."""
-        children, found = _children(), set()
+        children, found = children_by_parent(), set()
         todo = self._roots()
         while todo:
             pid = todo.pop()

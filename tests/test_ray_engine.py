@@ -27,6 +27,7 @@ from planner.models import build_model
 from planner.scheme import Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
 from tests.conftest import REPO, CloudProcess
+from tests.ray_cluster import children_by_parent
 from tests.test_metrics import free_port, scrape, value
 
 ray_installed = pytest.mark.skipif(
@@ -36,13 +37,7 @@ ray_installed = pytest.mark.skipif(
 
 def descendants(pid: int) -> set[int]:
     """Every live process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    children = children_by_parent()
     found, todo = set(), [pid]
     while todo:
         for child in children.get(todo.pop(), []):

@@ -16,14 +16,10 @@ from pathlib import Path
 
 from bench.linkbench.config import BenchError, LinkBenchConfig
 from bench.linkbench.images import synthetic_images
+from common.cli import parse_hw
 from bench.linkbench.markdown import markdown
 from bench.linkbench.measure import run_link_bench
 from testbed import LinkUnavailable, require_net_admin
-
-
-def _hw(text: str) -> tuple[int, int]:
-    h, _, w = text.lower().partition("x")
-    return int(h), int(w or h)
 
 
 def _rate_change(text: str) -> tuple[float, float]:
@@ -42,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quota", type=float, default=0.1, help="device CPU fraction (0: no quota)")
     p.add_argument("--schemes", nargs="*", default=[], help="P:C:B schemes; device-only, cloud-only, auto always run")
     p.add_argument("--limit", type=int, default=20, help="images per scheme")
-    p.add_argument("--input-size", type=_hw, metavar="HxW", help="input size (cloud; default the model's)")
+    p.add_argument("--input-size", type=parse_hw, metavar="HxW", help="input size (cloud; default the model's)")
     p.add_argument("--weights", help="state dict for both sides (default: the shipped one)")
     p.add_argument("--num-classes", type=int, help="classifier width on both sides")
     p.add_argument("--runtime", choices=("torch", "onnx"), default="torch",
