@@ -65,7 +65,7 @@ class MatrixEntry:
 MATRIX = (
     MatrixEntry("fmnist-vgg", (0.05, 0.5, 1.0, 2.0), ("1:8:4", "3:16:2", "3:64:4", "5:128:8"), limit=100,
                 rate_change=(0.05, 2.0), rate_change_requirement=("--max-accuracy-loss", "0.01")),
-    MatrixEntry("vgg16_bn", (0.5, 1.0, 2.0), ("1:9:8", "3:34:8", "12:400:8"), limit=5, num_classes=196,
+    MatrixEntry("vgg16_bn", (0.5, 1.0, 2.0), ("1:9:8", "3:34:8", "12:400:8"), limit=20, num_classes=196,
                 input_hw=(224, 224), rate_change=(0.5, 2.0), rate_change_requirement=("--latency-ratio", "0.7")),
 )
 
@@ -101,6 +101,12 @@ def export_for_device(cfg: LinkBenchConfig, directory: Path) -> dict:
     return json.loads(lines[-1]) | {"seconds": time.perf_counter() - t0}
 
 
+def _cycle_errors(res: dict) -> list[float]:
+    return [abs(row["predicted_cycle_s"] - row["measured_cycle_s"]) / row["measured_cycle_s"]
+            for r in res["rates"] for row in r["rows"]
+            if row["scheme"] != "auto" and row.get("predicted_cycle_s") and row.get("measured_cycle_s")]
+
+
 def summary_lines(results: list[dict]) -> list[str]:
     lines = ["### Summary", "",
              "| model | runtime | tc Mbps | device estimate Mbps | estimate / goodput | live choice | "
@@ -125,6 +131,11 @@ def summary_lines(results: list[dict]) -> list[str]:
                   + ", ".join(medians) + " (target <= 10%); per model: "
                   + ", ".join(f"{res['label']} {res['median_rel_error_all_rates']:.1%}" for res in results
                               if res["median_rel_error_all_rates"] is not None) + "."]
+    cycles = [f"{res['label']} {statistics.median(errs):.1%}" for res in results if (errs := _cycle_errors(res))]
+    if cycles:
+        lines += ["", "Seconds per frame of the whole run (wall / images: every quota stall, wherever the kernel "
+                  "put it) against the model's max(latency, CPU per frame / share), median abs error: "
+                  + ", ".join(cycles) + "."]
     for res in results:
         if res["rate_change"]:
             lines += ["", f"Rate change ({res['label']}): " + rate_change_lines(res["rate_change"])[0] + "."]
@@ -205,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     cmd = common.command_line("bench.link", argv)
     load = common.RunLoad()
     work = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-"))
-    out = work / "out" if args.no_write else OUT_DIR
+    out = Path(tempfile.mkdtemp(prefix="coinfer-bench-link-out-")) if args.no_write else OUT_DIR
+    if args.no_write:
+        print(f"--no-write: the runs' JSON and live profiles go to {out}", file=sys.stderr)
     results = []
     try:
         for m in MATRIX:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 import itertools
 import json
 import logging
@@ -148,13 +149,26 @@ def print_frame(i: int, r: FrameResult, as_json: bool, extra: dict | None = None
                      f"{r.decode_s:.5f}", f"{r.tail_s:.5f}", f"{r.total_s:.5f}", note), flush=True)
 
 
+@dataclass
+class Processed:
+    """What a run of frames gave: every frame's result in order, the wall and process CPU
+    seconds (every thread) from the first frame's start to the last answer, and under
+    --cpu-quota the cgroup's CFS periods and throttling over that span."""
+
+    results: list[FrameResult]
+    wall_s: float
+    cpu_s: float
+    throttling: dict | None = None
+
+
 def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event | None = None,
-            interval_s: float = 0.0) -> tuple[list[FrameResult], float, float]:
+            interval_s: float = 0.0) -> Processed:
     """Every frame's result, in order, and the wall and process CPU seconds (every thread)
     from the first frame's start to the last answer.  On `stop` no new frame starts; those in
     flight are still answered."""
     started: list[float] = []
     cpu_started: list[float] = []
+    throttled: list = []
 
     def source():
         for i, item in enumerate(frames):
@@ -163,6 +177,7 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
             if not started:
                 started.append(time.perf_counter())
                 cpu_started.append(time.process_time())
+                throttled.append(dev.quota.throttling() if dev.quota is not None else None)
             yield item
 
     results = []
@@ -171,13 +186,19 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
         if not args.quiet:
             print_frame(i, r, args.json, extra)
     if not started:
-        return results, 0.0, 0.0
-    return results, time.perf_counter() - started[0], time.process_time() - cpu_started[0]
+        return Processed(results, 0.0, 0.0)
+    end = dev.quota.throttling() if throttled[0] is not None else None
+    return Processed(results, time.perf_counter() - started[0], time.process_time() - cpu_started[0],
+                     None if end is None else {"periods": end[0] - throttled[0][0],
+                                               "throttled_periods": end[1] - throttled[0][1],
+                                               "throttled_s": end[2] - throttled[0][2]})
 
 
-def print_summary(dev: Device, results: list[FrameResult], as_json: bool, wall_s: float | None = None,
-                  cpu_s: float | None = None) -> None:
-    summary = summarize(results, wall_s, cpu_s)
+def print_summary(dev: Device, run: Processed, as_json: bool) -> None:
+    results = run.results
+    summary = summarize(results, run.wall_s, run.cpu_s)
+    if run.throttling is not None:
+        summary["cpu_throttling"] = run.throttling
     if dev.session is not None:
         link = dev.session.state.link
         summary.update(bandwidth_mbps=link.bandwidth_mbps, link_rtt_s=link.rtt_s, plans=dev.session.planner.plans)
@@ -205,10 +226,10 @@ def run_infer(args: argparse.Namespace) -> int:
         hw = dev.input_hw
         frames = (dataset_images(args.dataset, dev.heads.spec, hw, args.limit, args.offset) if args.dataset
                   else file_images(args.images, dev.heads.spec, hw))
-        results, wall_s, cpu_s = process(dev, frames, args)
+        run = process(dev, frames, args)
     finally:
         dev.close()
-    print_summary(dev, results, args.json, wall_s, cpu_s)
+    print_summary(dev, run, args.json)
     return 0
 
 
@@ -230,10 +251,10 @@ def run_daemon(args: argparse.Namespace) -> int:
         frames = sources[next(k for k in sources if getattr(args, k))]()
         if args.limit is not None:
             frames = itertools.islice(frames, args.limit)
-        results, wall_s, cpu_s = process(dev, frames, args, stop, args.interval_s)
+        run = process(dev, frames, args, stop, args.interval_s)
     finally:
         dev.close()
-    print_summary(dev, results, args.json, wall_s, cpu_s)
+    print_summary(dev, run, args.json)
     return 0
 
 

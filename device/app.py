@@ -186,6 +186,8 @@ class Device:
         client = self.client
         state = LiveState(cfg.model, self.heads, device, self.info, planner.base_error, cpu_limit=cpu_limit(),
                           call_cpu_s=lambda: client.call_cpu_s if client is not None else None)
+        if state.cpu_limit is not None:
+            planner.cpu_share = min(1.0, state.cpu_limit[0])
         session = LiveSession(self.runner, self.client, state, planner, probe_interval_s=cfg.probe_interval_s)
         session.start()
         return session

@@ -106,6 +106,30 @@ def cpu_limit(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Path
     return quota_us / period_us, period_us / 1e6
 
 
+def throttling(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Path = PROC
+               ) -> tuple[int, int, float] | None:
+    """(CFS periods, periods throttled, seconds throttled) so far of the pid's own cgroup
+    (its cpu.stat), or None when it cannot be read: the difference over a run says whether
+    the quota really rationed it."""
+    try:
+        layout = detect_layout(fs_root)
+        group = layout.root / current_cgroup(pid or os.getpid(), layout, proc_root).lstrip("/")
+    except (QuotaUnavailable, OSError, ValueError):
+        return None
+    return group_throttling(group, layout.version)
+
+
+def group_throttling(group: Path, version: CgroupVersion) -> tuple[int, int, float] | None:
+    """(CFS periods, periods throttled, seconds throttled) of a cgroup directory, from its cpu.stat."""
+    try:
+        stat = dict(line.split() for line in (group / "cpu.stat").read_text().splitlines() if line.strip())
+        if version is CgroupVersion.V2:
+            return int(stat["nr_periods"]), int(stat["nr_throttled"]), int(stat["throttled_usec"]) / 1e6
+        return int(stat["nr_periods"]), int(stat["nr_throttled"]), int(stat["throttled_time"]) / 1e9
+    except (OSError, ValueError, KeyError):
+        return None
+
+
 def quota_for(fraction: float, period_us: int = DEFAULT_PERIOD_US) -> tuple[int, int]:
     """(quota_us, period_us) for `fraction` of one CPU; the period grows for tiny fractions."""
     if fraction * period_us < MIN_QUOTA_US:
@@ -173,6 +197,10 @@ class CpuQuota:
             return False
         log.info("released cpu quota of pid %d (%s removed)", self.pid, self.group)
         return True
+
+    def throttling(self) -> tuple[int, int, float] | None:
+        """(CFS periods, periods throttled, seconds throttled) of the group so far."""
+        return group_throttling(self.group, self.layout.version)
 
     def __enter__(self) -> "CpuQuota":
         return self

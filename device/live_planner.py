@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass
 
 from planner.accuracy_db import AccuracyDBError, load_view
@@ -18,6 +19,11 @@ from protos.coinfer.v1 import coinfer_pb2 as pb
 log = logging.getLogger(__name__)
 
 RTT_REPLAN_MIN_S = 0.005   # a round-trip change smaller than this never triggers a new plan
+# Round-trip re-plans may take at most this fraction of the device's CPU.  Under a CPU quota a
+# frame's round trip carries the quota's stalls, so the estimate wanders by more than the band
+# and, unchecked, re-planned fmnist-vgg every ~3 frames on the link bench (0.1 quota, 1 Mbps):
+# ~8 ms of CPU a plan, 2.3 ms a frame, 3-4x what a fixed scheme's loop spends.
+PLAN_CPU_BUDGET = 0.02
 
 
 def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe_prefix: str = "ft0-"
@@ -65,6 +71,10 @@ class LivePlanner:
     from_bank: bool = False           # accuracies are the cloud's bank's, learnt from its server info
     objective: Cost = Cost.LATENCY    # plan for a frame's latency or the stream's frame rate
     pipeline_depth: int = 1           # frames in flight the throughput objective assumes
+    cpu_share: float = 1.0            # fraction of one CPU the device has (its quota; 1: unlimited)
+    plan_cpu_budget: float = PLAN_CPU_BUDGET   # round-trip re-plans' share of that CPU, at most
+    planned_at: float | None = None   # time.monotonic() of the current plan
+    plan_cpu_s: float = 0.0           # CPU seconds the latest plan took
 
     def use_server_info(self, info: pb.ModelInfo) -> None:
         """With `from_bank`: plan over the schemes the cloud's bank really holds (and both single
@@ -77,10 +87,11 @@ class LivePlanner:
                         "only (plan over database rows with --recipe PREFIX)", info.name)
         self.current = self.planned_mbps = None
 
-    def needs_plan(self, bandwidth_mbps: float, rtt_s: float | None = None) -> bool:
+    def needs_plan(self, bandwidth_mbps: float, rtt_s: float | None = None, now: float | None = None) -> bool:
         """A new plan when the bandwidth, or the base round trip, left the hysteresis band of
         the planned one (the round trip only when it also moved by RTT_REPLAN_MIN_S: on a LAN
-        it wobbles by fractions of a millisecond, which moves no choice)."""
+        it wobbles by fractions of a millisecond, which moves no choice; and only as often as
+        `plan_cpu_budget` allows).  `now`: time.monotonic() (tests pass their own)."""
         if self.current is None or self.planned_mbps is None:
             return True
         lo, hi = self.planned_mbps / (1 + self.hysteresis), self.planned_mbps * (1 + self.hysteresis)
@@ -90,15 +101,26 @@ class LivePlanner:
             return False
         moved = abs(rtt_s - self.planned_rtt_s)
         return moved >= RTT_REPLAN_MIN_S and not (
-            self.planned_rtt_s / (1 + self.hysteresis) <= rtt_s <= self.planned_rtt_s * (1 + self.hysteresis))
+            self.planned_rtt_s / (1 + self.hysteresis) <= rtt_s <= self.planned_rtt_s * (1 + self.hysteresis)
+        ) and self.rtt_replan_due(now)
+
+    def rtt_replan_due(self, now: float | None = None) -> bool:
+        """Whether enough time has passed since the latest plan for a round-trip re-plan to stay
+        within `plan_cpu_budget` of the device's CPU (a bandwidth change re-plans at once)."""
+        if self.planned_at is None:
+            return True
+        wait_s = self.plan_cpu_s / max(self.plan_cpu_budget * self.cpu_share, 1e-12)
+        return (time.monotonic() if now is None else now) - self.planned_at >= wait_s
 
     def plan(self, profile: Profile, bandwidth_mbps: float) -> SearchResult:
+        cpu0 = time.thread_time()
         lat = LatencyModel.from_profile(profile, bandwidth_mbps, cost=self.objective, depth=self.pipeline_depth)
         cands = build_candidates(lat, Space.DB, self.errors)
         result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
                         SearchConfig(seed=self.seed), self.strategy)
         self.current, self.planned_mbps, self.planned_rtt_s = result, bandwidth_mbps, profile.rtt_s
         self.plans += 1
+        self.planned_at, self.plan_cpu_s = time.monotonic(), time.thread_time() - cpu0
         return result
 
     def scheme(self) -> Scheme:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from device import cpu_quota
-from device.cpu_quota import (CgroupVersion, QuotaUnavailable, confine_to_cpu_fraction,
+from device.cpu_quota import (CgroupVersion, QuotaUnavailable, confine_to_cpu_fraction, throttling,
                               current_cgroup, detect_layout, quota_for,
                               require_cpu_quota)
 
@@ -81,6 +81,22 @@ def test_v2_files(tmp_path, current, base):
     assert (q.group / "cgroup.procs").read_text() == "7"
     q.release()
     assert (fs / current.lstrip("/") / "cgroup.procs").read_text() == "7"
+
+
+def test_throttling_reads_the_groups_cpu_stat(tmp_path):
+    fs = tmp_path / "cgroup"
+    (fs / "cpu" / "coinfer-9").mkdir(parents=True)
+    (fs / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    (fs / "cpu" / "coinfer-9" / "cpu.stat").write_text("nr_periods 40\nnr_throttled 31\nthrottled_time 2500000000\n")
+    proc = _fake_proc(tmp_path, 9, "2:cpu,cpuacct:/coinfer-9\n")
+    assert throttling(9, fs_root=fs, proc_root=proc) == (40, 31, 2.5)
+    v2 = tmp_path / "v2"
+    (v2 / "g").mkdir(parents=True)
+    (v2 / "cgroup.controllers").write_text("cpu\n")
+    (v2 / "g" / "cpu.stat").write_text("usage_usec 9\nnr_periods 7\nnr_throttled 3\nthrottled_usec 1500\n")
+    assert throttling(9, fs_root=v2, proc_root=_fake_proc(tmp_path / "p2", 9, "0::/g\n")) == (7, 3, 0.0015)
+    (v2 / "g" / "cpu.stat").write_text("usage_usec 9\n")          # no bandwidth control: unknown
+    assert throttling(9, fs_root=v2, proc_root=tmp_path / "p2" / "proc") is None
 
 
 def test_no_cpu_controller(tmp_path):

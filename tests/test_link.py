@@ -94,6 +94,8 @@ def test_bandwidth_estimate_within_15_percent_of_goodput(rate_mbps, shipped_db):
     summary = json.loads(out.strip().splitlines()[-1])
     goodput = TbfShape(rate_mbps).expected_goodput_mbps
     assert summary["bandwidth_mbps"] == pytest.approx(goodput, rel=0.15), (summary["bandwidth_mbps"], goodput)
+    throttling = summary["cpu_throttling"]                 # the quota's CFS periods over the frames
+    assert 0 <= throttling["throttled_periods"] <= throttling["periods"] and throttling["periods"] >= 1, throttling
     assert _no_namespaces_left()
 
 

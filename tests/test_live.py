@@ -111,9 +111,17 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     fast = planner.plan(dataclasses.replace(state.profile(), rtt_s=0.010), 1000.0)   # a fat pipe: the cloud
     assert planner.scheme() != Scheme.parse("device-only"), fast
     assert planner.plans == 2
-    # the round trip re-plans too: outside x(1 +- 0.25) of the planned 10 ms and by >= 5 ms
-    assert not planner.needs_plan(1000.0, 0.0124) and not planner.needs_plan(1000.0, 0.014)
-    assert planner.needs_plan(1000.0, 0.020) and not planner.needs_plan(1000.0, None)
+    # the round trip re-plans too: outside x(1 +- 0.25) of the planned 10 ms and by >= 5 ms, once
+    # the plans' CPU budget allows (a bandwidth change re-plans at once)
+    later = planner.planned_at + 1e6
+    assert not planner.needs_plan(1000.0, 0.0124, later) and not planner.needs_plan(1000.0, 0.014, later)
+    assert planner.needs_plan(1000.0, 0.020, later) and not planner.needs_plan(1000.0, None, later)
+    assert planner.plan_cpu_s > 0
+    wait_s = planner.plan_cpu_s / (planner.plan_cpu_budget * 0.1)
+    planner.cpu_share = 0.1          # a device under a 0.1 quota: 50 x a plan's CPU between RTT re-plans
+    assert not planner.needs_plan(1000.0, 0.020, planner.planned_at + 0.9 * wait_s)
+    assert planner.needs_plan(1000.0, 0.020, planner.planned_at + 1.1 * wait_s)
+    assert planner.needs_plan(1300.0, None, planner.planned_at)
     # every recorded row looked up: exact, and what the GP-driven search finds too
     assert fast.proven and fast.evaluations == sum(1 for s in errors if s.is_split)
     from planner.search import Strategy

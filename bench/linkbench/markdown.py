@@ -8,14 +8,27 @@ from pathlib import Path
 from bench.linkbench.config import AUTO, FOLLOW_TIMEOUT_S, SINGLE_END
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _s(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds:.4f}"
+
+
+def _throttled(t: dict | None) -> str:
+    return "-" if not t else f"{t['throttled_periods']}/{t['periods']}"
+
+
 def table_lines(rate: dict) -> list[str]:
     bw, rtt = rate["bandwidth_mbps"], rate["link_rtt_s"]
     lines = [f"tc rate {rate['rate_mbps']:g} Mbps (goodput {rate['expected_goodput_mbps']:.4g}); device estimate "
              f"{'n/a' if bw is None else f'{bw:.4g}'} Mbps, rtt "
              f"{'n/a' if rtt is None else f'{rtt * 1e3:.2f}'} ms", "",
              "| scheme | ran | images | measured mean s | p50 s | predicted s | abs(pred-mean)/mean | "
-             "bytes/img | predicted bytes | bytes from | fallbacks |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "bytes/img | predicted bytes | bytes from | fallbacks | device CPU ms/frame | predicted CPU ms | throttled periods | "
+             "s per frame (wall / images) | predicted |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
     for r in rate["rows"]:
         pred = "-" if r["predicted_s"] is None else f"{r['predicted_s']:.4f}"
         err = "-" if r["rel_error"] is None else f"{r['rel_error']:.1%}"
@@ -24,7 +37,9 @@ def table_lines(rate: dict) -> list[str]:
         lines.append(f"| {name} | {r['ran']}{counts} | {r['images']} | {r['measured_mean_s']:.4f} | "
                      f"{r['measured_p50_s']:.4f} | {pred} | {err} | {r['wire_bytes_mean']:.0f} | "
                      f"{'-' if r['predicted_bytes'] is None else r['predicted_bytes']} | {r['bytes_source']} | "
-                     f"{r['fallbacks']} |")
+                     f"{r['fallbacks']} | {_ms(r.get('cpu_s_per_frame'))} | {_ms(r.get('predicted_cpu_s'))} | "
+                     f"{_throttled(r.get('cpu_throttling'))} | {_s(r.get('measured_cycle_s'))} | "
+                     f"{_s(r.get('predicted_cycle_s'))} |")
     med = rate["median_rel_error"]
     lines += ["", f"median abs(pred-meas)/meas over the non-auto schemes: {'n/a' if med is None else f'{med:.1%}'}; "
               f"live choice {rate['live_choice']} / best single-end ({rate['best_single_end']}): "

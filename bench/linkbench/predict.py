@@ -32,6 +32,13 @@ class SchemeRow:
     encode_s_mean: float = 0.0
     rtt_s_mean: float = 0.0
     tail_s_mean: float = 0.0
+    cpu_s_per_frame: float | None = None     # the device process's CPU seconds per frame, measured
+    predicted_cpu_s: float | None = None     # the model's device CPU per frame (a cycle's, loop included)
+    plans: int | None = None                 # plans the live planner made (auto)
+    cpu_throttling: dict | None = None       # the device cgroup's CFS periods and throttling over the run
+    measured_cycle_s: float | None = None    # wall seconds per frame of the run (1 / throughput_fps):
+                                             # under a quota it holds every stall, wherever it fell
+    predicted_cycle_s: float | None = None   # the model's: max(latency, CPU per frame / quota share)
 
 
 def learned_ratio(frames: list[dict], scheme, part, side_per_ch: int, header: int) -> float | None:
@@ -44,9 +51,11 @@ def learned_ratio(frames: list[dict], scheme, part, side_per_ch: int, header: in
 
 
 def predict(profile, scheme_name: str, frames: list[dict], bandwidth_mbps: float,
-            image_ratio_learned: bool, cost=None, depth: int = 1) -> tuple[float, int, str]:
+            image_ratio_learned: bool, cost=None, depth: int = 1, with_cpu: bool = False):
     """(seconds, bytes, where the byte ratio came from) for one scheme; seconds are its latency,
-    or with `cost` (a planner.latency.Cost) what that cost prices at `depth` frames in flight."""
+    or with `cost` (a planner.latency.Cost) what that cost prices at `depth` frames in flight;
+    `with_cpu` appends the device CPU seconds per frame the model prices (None without a quota)
+    and the seconds per frame of a sustained stream (a frame, or the CPU bound when slower)."""
     from planner.latency import Cost, LatencyModel
     from planner.profile import CodecProfile
     from planner.scheme import Mode, Scheme
@@ -70,7 +79,11 @@ def predict(profile, scheme_name: str, frames: list[dict], bandwidth_mbps: float
             else:
                 source = "ratio 1 (no frames)"
     lat = LatencyModel.from_profile(profile, bandwidth_mbps, cost=cost or Cost.LATENCY, depth=depth)
-    return lat.cost_s(scheme), lat.wire_bytes(scheme), source
+    out = (lat.cost_s(scheme), lat.wire_bytes(scheme), source)
+    if not with_cpu:
+        return out
+    cpu, b = profile.device_cpu, lat.breakdown(scheme)
+    return (*out, None if cpu is None else b.cpu_bound_s * cpu.share, max(b.total_s, b.cpu_bound_s))
 
 
 def row_of(scheme: str, frames: list[dict], summary: dict, profile, bandwidth_mbps: float | None,
@@ -78,12 +91,15 @@ def row_of(scheme: str, frames: list[dict], summary: dict, profile, bandwidth_mb
     ran = summary["scheme"]
     pred = nbytes = None
     source = "-"
+    pred_cpu = pred_cycle = None
     if profile is not None and bandwidth_mbps:
-        pred, nbytes, source = predict(profile, ran, [f for f in frames if f["scheme"] == ran], bandwidth_mbps,
-                                       image_ratio_learned)
+        pred, nbytes, source, pred_cpu, pred_cycle = predict(profile, ran, [f for f in frames if f["scheme"] == ran],
+                                                 bandwidth_mbps, image_ratio_learned, with_cpu=True)
     meas = summary["latency_s"]["mean"]   # a sustained stream's per-frame cost, as the profile measures it
     return SchemeRow(scheme, ran, summary["images"], summary["latency_s"]["p50"], meas, pred,
                      None if pred is None else abs(pred - meas) / meas, summary["wire_bytes_mean"], nbytes,
                      source, summary["fallbacks"], summary["scheme_counts"], summary.get("head_s_mean", 0.0),
                      summary.get("encode_s_mean", 0.0), summary.get("rtt_s_mean", 0.0),
-                     summary.get("tail_s_mean", 0.0))
+                     summary.get("tail_s_mean", 0.0), summary.get("cpu_s_per_frame"), pred_cpu,
+                     summary.get("plans"), summary.get("cpu_throttling"),
+                     1 / summary["throughput_fps"] if summary.get("throughput_fps") else None, pred_cycle)
