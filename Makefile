@@ -13,7 +13,7 @@ DEMO_RATE ?= 0.05
 
 DEVICE_VENV ?= .venv-device
 
-.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating bench-ranking bench-stream clean
+.PHONY: all venv device-venv protos data test test-fast demo bench bench-attack bench-bank bench-link bench-load bench-netns bench-operating bench-ranking bench-stream bench-graph clean
 
 all: test
 
@@ -88,6 +88,10 @@ bench-stream: $(STAMP) data
 # channel rankings at a cut on fmnist-vgg: BN-folded vs mean absolute activation
 bench-ranking: $(STAMP) data
 	$(PY) -m bench.ranking
+
+# torchvision convnets (resnet18, mobilenet_v2, random weights): cuts from the graph, head/tail times
+bench-graph: $(STAMP) data
+	$(PY) -m bench.graph_profile
 
 # root only: TCP goodput over the shaped veth vs the tbf rate, and the CPU quota's slowdown
 bench-netns: $(STAMP) data

@@ -101,6 +101,10 @@ def export_for_device(cfg: LinkBenchConfig, directory: Path) -> dict:
     return json.loads(lines[-1]) | {"seconds": time.perf_counter() - t0}
 
 
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
+
+
 def _cycle_errors(res: dict) -> list[float]:
     return [abs(row["predicted_cycle_s"] - row["measured_cycle_s"]) / row["measured_cycle_s"]
             for r in res["rates"] for row in r["rows"]
@@ -110,8 +114,9 @@ def _cycle_errors(res: dict) -> list[float]:
 def summary_lines(results: list[dict]) -> list[str]:
     lines = ["### Summary", "",
              "| model | runtime | tc Mbps | device estimate Mbps | estimate / goodput | live choice | "
-             "best single-end | live / best single-end | median abs(pred-meas)/meas |",
-             "|---|---|---:|---:|---:|---|---|---:|---:|"]
+             "best single-end | live / best single-end | median abs(pred-meas)/meas | "
+             "by wall / images: best single-end | live / it |",
+             "|---|---|---:|---:|---:|---|---|---:|---:|---|---:|"]
     for res in results:
         for r in res["rates"]:
             bw, ratio, med = r["bandwidth_mbps"], r["bandwidth_over_goodput"], r["median_rel_error"]
@@ -119,7 +124,8 @@ def summary_lines(results: list[dict]) -> list[str]:
                          f"{'n/a' if bw is None else f'{bw:.4g}'} | "
                          f"{'n/a' if ratio is None else f'{ratio:.3f}'} | {r['live_choice']} | "
                          f"{r['best_single_end']} | {r['live_over_best_single_end']:.3f} | "
-                         f"{'n/a' if med is None else f'{med:.1%}'} |")
+                         f"{'n/a' if med is None else f'{med:.1%}'} | {r.get('best_single_end_per_frame') or '-'} | "
+                         f"{_ratio(r.get('live_over_best_single_end_per_frame'))} |")
     medians = []
     for runtime in RUNTIMES:
         every = [row["rel_error"] for res in results if res["runtime"] == runtime for r in res["rates"]
