@@ -243,10 +243,25 @@ def run_case(case: StreamCase, cfg: LinkBenchConfig, work: Path, out_dir: Path |
     }
 
 
+def case_key(case: StreamCase) -> tuple[str, str, float]:
+    return (case.model, case.scheme, case.rate_mbps)
+
+
+def previous_results() -> dict[tuple[str, str, float], dict]:
+    """The cases of the last written stream.json, by case_key (none when absent or unreadable)."""
+    try:
+        return {(r["model"], r["scheme"], r["rate_mbps"]): r
+                for r in json.loads((OUT_DIR / "stream.json").read_text())}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+
+
 def case_lines(r: dict) -> list[str]:
     st = r["stages_s"]
+    run = r.get("run") or {}
     lines = [f"### {r['model']} {r['scheme']} at {r['rate_mbps']:g} Mbps (tbf goodput {r['goodput_mbps']:.3f} Mbps), "
              f"device quota {r['quota']:g}, {r['frames']} frames per run", "",
+             *([f"Run {run['date']}: `{run['command']}`.", ""] if run else []),
              "| depth | frames/s | mean frame latency (s) |", "|---:|---:|---:|",
              f"| 1 | {r['fps_depth1']:.3f} | {r['latency_depth1_s']:.3f} |",
              f"| {DEPTH} | {r['fps_depth4']:.3f} | {r['latency_depth4_s']:.3f} |", "",
@@ -279,7 +294,9 @@ def case_lines(r: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.stream", description=__doc__.split("\n")[0])
-    p.add_argument("--only", choices=[c.model for c in CASES], action="append", help="run only these models")
+    p.add_argument("--only", choices=sorted({c.model for c in CASES}), action="append", help="run only these models")
+    p.add_argument("--rate", type=float, action="append", metavar="MBPS",
+                   help="run only the cases at these rates (the other cases' sections are kept from stream.json)")
     p.add_argument("--quota", type=float, default=0.1, help="device CPU fraction")
     p.add_argument("--frames-scale", type=float, default=1.0, help="multiply every frame count (min 4)")
     p.add_argument("--no-seed", action="store_true", help="skip the seed scenario section")
@@ -296,11 +313,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not args.no_seed:
             sections += [*seed_section(), ""]
+        kept = {} if args.no_write else previous_results()
         for case in CASES:
-            if args.only and case.model not in args.only:
+            if (args.only and case.model not in args.only) or (args.rate and case.rate_mbps not in args.rate):
+                if case_key(case) in kept:            # an earlier run's section, saying when it ran
+                    results.append(kept[case_key(case)])
+                    sections += [*case_lines(results[-1]), ""]
                 continue
             progress(f"{case.model} {case.scheme} at {case.rate_mbps:g} Mbps")
             r = run_case(case, case_config(case, args, work), work, None if args.no_write else OUT_DIR)
+            r["run"] = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "command": cmd}
             results.append(r)
             sections += [*case_lines(r), ""]
     except BenchError as e:
