@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from planner.data import IMAGE_HW
 from planner.datasets import dataset_arrays, dataset_classes, parse_dataset
-from planner.models import WEIGHTS_DIR, BuilderKind, build_model, file_sha256, get_spec, model_names
+from planner.models import WEIGHTS_DIR, BuilderKind, build_model, file_sha256, get_spec, model_names  # noqa: F401
 from planner.registry import NoDatasetError, UnsupportedModelError  # noqa: F401 - raised here, caught by the CLI
 
 log = logging.getLogger(__name__)
@@ -94,16 +94,21 @@ def load_dataset(name: str, split: str, limit: int | None = None,
     return x, y
 
 
+# builder kinds whose networks train, fine-tune and bank here: a VGG cfg (pruned by state-dict
+# surgery) and a graph network (channels dropped at the cut by masking; planner.evaluate)
+TRAINABLE_BUILDERS = frozenset({BuilderKind.VGG_CFG, BuilderKind.TORCHVISION_GRAPH})
+
+
 def require_trainable(model_name: str) -> None:
-    """Training, scheme evaluation and banks fine-tune a VGG-cfg network (planner.pruning's
-    state-dict surgery, the bank's owned conv); a torchvision-graph model is refused by name."""
+    """Training, scheme evaluation and banks need a builder kind in TRAINABLE_BUILDERS; any
+    other is refused by name.  (A model also needs a dataset: its own or --dataset,
+    `model_dataset`; and weights trained on it to evaluate or bank: planner.evaluate.)"""
     spec = get_spec(model_name)
-    if spec.builder is not BuilderKind.VGG_CFG:
-        vgg = ", ".join(model_names(BuilderKind.VGG_CFG))
+    if spec.builder not in TRAINABLE_BUILDERS:
+        names = ", ".join(sorted(k.value for k in TRAINABLE_BUILDERS))
         raise UnsupportedModelError(
-            f"{model_name} is a torchvision-graph model (cuts from its torch.fx graph; no dataset-trained "
-            f"weights here): train, evaluate, evaluate-grid and bank build need a VGG-cfg model ({vgg}); "
-            f"{model_name} supports partitions, profile, frontier, search, export, serve and infer")
+            f"{model_name} is a {spec.builder.value} model: train, evaluate, evaluate-grid and bank build "
+            f"need one of {names}")
 
 
 def model_dataset(model_name: str, dataset: str | None = None) -> str:
