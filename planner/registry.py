@@ -39,7 +39,7 @@ class NoDatasetError(ValueError):
 
 
 class UnsupportedModelError(ValueError):
-    """A model that a command cannot work on (training, fine-tuning, banks: VGG-cfg only)."""
+    """A model that a command cannot work on (training, fine-tuning, banks: no trained weights)."""
 
 
 class WeightsError(ValueError):

@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 
 from planner.data import IMAGE_HW
 from planner.datasets import dataset_arrays, dataset_classes, parse_dataset
-from planner.models import WEIGHTS_DIR, BuilderKind, build_model, file_sha256, get_spec, model_names  # noqa: F401
+from planner.models import (WEIGHTS_DIR, BuilderKind, build_model, default_weights_path, file_sha256, get_spec,
+                            model_names)
 from planner.registry import NoDatasetError, UnsupportedModelError  # noqa: F401 - raised here, caught by the CLI
 
 log = logging.getLogger(__name__)
@@ -99,29 +100,35 @@ def load_dataset(name: str, split: str, limit: int | None = None,
 TRAINABLE_BUILDERS = frozenset({BuilderKind.VGG_CFG, BuilderKind.TORCHVISION_GRAPH})
 
 
-def require_trainable(model_name: str) -> None:
-    """Training, scheme evaluation and banks need a builder kind in TRAINABLE_BUILDERS; any
-    other is refused by name.  (A model also needs a dataset: its own or --dataset,
-    `model_dataset`; and weights trained on it to evaluate or bank: planner.evaluate.)"""
+def require_trainable(model_name: str, weights: str | Path | None = None, dataset: str | None = None,
+                      trained: bool = False) -> str:
+    """Refuse, before anything is written, what cannot work; returns the dataset's recorded name.
+
+    Training, scheme evaluation and banks need a builder kind in TRAINABLE_BUILDERS and a
+    dataset (`dataset`, a `--dataset` spec, else the model's own); evaluation and banks
+    (`trained`) also need weights trained here: `weights`, else the model's shipped file."""
     spec = get_spec(model_name)
     if spec.builder not in TRAINABLE_BUILDERS:
         names = ", ".join(sorted(k.value for k in TRAINABLE_BUILDERS))
         raise UnsupportedModelError(
             f"{model_name} is a {spec.builder.value} model: train, evaluate, evaluate-grid and bank build "
             f"need one of {names}")
-
-
-def model_dataset(model_name: str, dataset: str | None = None) -> str:
-    """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
-    require_trainable(model_name)
+    if trained and weights is None and default_weights_path(spec) is None:
+        raise UnsupportedModelError(
+            f"{model_name} has no trained weights here: evaluate, evaluate-grid and bank build need "
+            f"--weights FILE trained on the dataset, or `coinfer-plan train --model {model_name}` first")
     if dataset is not None:
         return parse_dataset(dataset).name
-    spec = get_spec(model_name)
     if spec.dataset is None:
         trainable = [n for n in model_names() if get_spec(n).dataset is not None]
         raise NoDatasetError(f"expected a model with a dataset in the registry ({', '.join(trainable)}) "
                              f"or --dataset, got {model_name!r}")
     return spec.dataset
+
+
+def model_dataset(model_name: str, dataset: str | None = None) -> str:
+    """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
+    return require_trainable(model_name, dataset=dataset)
 
 
 def input_shape(model_name: str) -> tuple[int, int, int]:

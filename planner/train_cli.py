@@ -119,7 +119,8 @@ def _evaluation_json(ev) -> dict:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from planner.evaluate import evaluate
-    require_trainable(args.model)            # before the database is opened (or created)
+    # before the database is opened (or created)
+    require_trainable(args.model, args.weights, args.dataset, trained=True)
     with _open_db(args) as db:
         ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit,
@@ -145,7 +146,7 @@ def _int_list(text: str, name: str) -> list[int]:
 def _evaluate_grid(args: argparse.Namespace) -> int:
     from planner.evaluate import ensure_base_record, evaluate_detached, grid_schemes, recipe_name
     from planner.models import conv_widths, get_spec
-    require_trainable(args.model)
+    require_trainable(args.model, args.weights, args.dataset, trained=True)
     from planner.parallel import run_each
     engine = check_engine_args(args)
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]
