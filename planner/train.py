@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -259,4 +260,16 @@ def train_record(result: TrainResult) -> dict:
             "top1_accuracy": round(result.top1_accuracy, 4),
             "test_size": result.test_size, "seconds": round(result.seconds, 1),
             "command": result.command, "config": asdict(result.config),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "machine": machine_record()}
+
+
+def machine_record() -> dict:
+    """Where a training ran: the CPU model, its cores and how many this process may use (taskset)."""
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": os.cpu_count(), "cores_allowed": allowed}
