@@ -12,6 +12,8 @@ import argparse
 import json
 import sys
 
+import numpy as np
+
 from bench.common import header, write
 from planner.accuracy_db import BASE_SCHEME, AccuracyDB
 from planner.bank import read_manifest, shipped_bank_dir
@@ -23,7 +25,27 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
 
 
-def report(model: str, training_machine: str | None) -> list[str]:
+def frontier_lines(model: str, profile_path: str, recipe: str, dataset: str) -> list[str]:
+    """Which recorded split schemes are on the latency/accuracy frontier somewhere in 0.02-10
+    Mbps x 1%-100% of the profiled device (planner.frontier.frontier_schemes), per recipe."""
+    from planner.accuracy_db import load_view
+    from planner.frontier import frontier_schemes
+    from planner.profile import load_profile
+    profile = load_profile(profile_path)
+    bws, speeds = np.geomspace(0.02, 10, 15), np.geomspace(0.01, 1, 9)
+    lines = [f"### Split schemes on the latency/accuracy frontier (profile `{profile_path}`; "
+             f"{len(bws)} uplinks 0.02-10 Mbps x {len(speeds)} device speeds 0.01-1 of it)", "",
+             "| rows | schemes on the frontier (operating points where each is, of "
+             f"{len(bws) * len(speeds)}) |", "|---|---|"]
+    for prefix in (recipe, "ft0-"):
+        view = load_view([default_db_path(model)], model, dataset, recipe=prefix)
+        hits = frontier_schemes(profile, view, bws, speeds)
+        text = ", ".join(f"{s} ({n})" for s, n in sorted(hits.items(), key=lambda kv: -kv[1])) or "none"
+        lines.append(f"| `{prefix}` ({len(view.errors)} schemes) | {text} |")
+    return lines + [""]
+
+
+def report(model: str, training_machine: str | None, profile: str | None = None) -> list[str]:
     spec = get_spec(model)
     rec = json.loads((WEIGHTS_DIR / spec.default_weights).with_suffix(".json").read_text())
     if "machine" in rec:
@@ -59,6 +81,8 @@ def report(model: str, training_machine: str | None) -> list[str]:
         lines.append(f"| {e.scheme} | {e.top1_error:.4f} | {_pct(untuned)} | {e.accuracy_loss:+.4f} | "
                      f"{'-' if untuned is None else f'{untuned - m.base_top1_error:+.4f}'} | {e.seconds:.1f} |")
     total = sum(e.seconds for e in m.schemes)
+    if profile is not None:
+        lines = lines + [""] + frontier_lines(model, profile, m.recipe, m.dataset)
     lines += ["", f"- on disk: {sum(1 for f in bank.iterdir() if f.is_file())} files, {size / 1e6:.2f} MB "
               f"({size / max(1, len(m.schemes)) / 1e3:.1f} kB per scheme)",
               f"- build: {total / 60:.1f} min summed over {len(m.schemes)} schemes (fine-tune + test on the "
@@ -71,8 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default="fmnist-resnet")
     p.add_argument("--training-machine", default="not recorded",
                    help="where the shipped weights were trained, for a record without `machine`")
+    p.add_argument("--profile", default=None, help="latency profile: list the frontier's schemes over it")
     args = p.parse_args(argv)
-    write(args.model, report(args.model, args.training_machine))
+    write(args.model, report(args.model, args.training_machine, args.profile))
     return 0
 
 
