@@ -81,12 +81,12 @@ def report(model: str, training_machine: str | None, profile: str | None = None)
         lines.append(f"| {e.scheme} | {e.top1_error:.4f} | {_pct(untuned)} | {e.accuracy_loss:+.4f} | "
                      f"{'-' if untuned is None else f'{untuned - m.base_top1_error:+.4f}'} | {e.seconds:.1f} |")
     total = sum(e.seconds for e in m.schemes)
-    if profile is not None:
-        lines = lines + [""] + frontier_lines(model, profile, m.recipe, m.dataset)
     lines += ["", f"- on disk: {sum(1 for f in bank.iterdir() if f.is_file())} files, {size / 1e6:.2f} MB "
               f"({size / max(1, len(m.schemes)) / 1e3:.1f} kB per scheme)",
               f"- build: {total / 60:.1f} min summed over {len(m.schemes)} schemes (fine-tune + test on the "
-              f"{m.schemes[0].test_size if m.schemes else 0} test images), mean {total / max(1, len(m.schemes)):.1f} s"]
+              f"{m.schemes[0].test_size if m.schemes else 0} test images), mean {total / max(1, len(m.schemes)):.1f} s", ""]
+    if profile is not None:
+        lines += frontier_lines(model, profile, m.recipe, m.dataset)
     return lines
 
 

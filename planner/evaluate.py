@@ -8,6 +8,10 @@ math (per sample and channel min/max, uniform levels) and whose backward is the 
 (straight-through). It is fine-tuned from the trained weights for E epochs (fractions
 allowed) and tested on the full test split; the row goes to the accuracy database and the
 fine-tuned weights to a scheme artifact (planner.artifact).
+
+A graph network (planner.graph_models; a cut may feed a residual sum) is not pruned: the
+dropped channels are masked to zero after the fake quantizer (`MaskedSchemeNet`), which is
+what the cloud's unmodified tail computes on a decoded frame; no artifact is written.
 """
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ from torch import nn
 
 from planner.accuracy_db import BASE_SCHEME, AccuracyDB, AccuracyRecord
 from planner.artifact import save_artifact
-from planner.models import BuilderKind, SplitCNN, WeightsError, build_model, conv_widths, default_weights_path, file_sha256, get_spec
+from planner.models import (BuilderKind, SplitCNN, WeightsError, build_model, conv_widths, default_weights_path,
+                            file_sha256, get_spec)
 from planner.pruning import pruned_model, select_channels
 from planner.scheme import Scheme, SchemeError
 from planner.train import (FINETUNE_CONFIG, TrainConfig, dataset_num_classes, fit, input_shape, load_dataset,
