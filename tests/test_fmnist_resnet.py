@@ -141,3 +141,22 @@ def test_bank_served_by_a_real_cloud_runs_the_split_scheme(model, bank_dir, imag
         assert summary["tail"] == "bank" and summary["scheme"] == str(s) and summary["images"] == 4
     finally:
         assert cloud.stop() == 0
+
+
+def test_the_trainer_trains_a_graph_model_on_a_small_slice(tmp_path):
+    from planner.train import TrainConfig, train_model, train_record
+    cfg = TrainConfig(epochs=1.0, batch_size=64, train_limit=128, threads=1)
+    result = train_model(MODEL, cfg, out=tmp_path / "r.pt", test_limit=64, progress=False, command="test")
+    assert result.test_size == 64 and 0.0 <= result.top1_accuracy <= 1.0
+    trained = build_model(MODEL, weights=tmp_path / "r.pt")           # loads strictly into the same graph
+    scratch = build_model(MODEL, use_default_weights=False)
+    assert any(not torch.equal(a, b) for a, b in zip(trained.state_dict().values(), scratch.state_dict().values()))
+    assert train_record(result)["machine"]["cores_allowed"] >= 1
+
+
+def test_an_artifact_dir_for_a_graph_model_is_refused_by_name(tmp_path, capsys):
+    from planner.__main__ import main
+    rc = main(["evaluate", "--model", MODEL, "--scheme", "3:4:2", "--finetune-epochs", "0", "--test-limit", "8",
+               "--artifact-dir", str(tmp_path / "art"), "--db", str(tmp_path / "db.sqlite")])
+    assert rc == 2 and "fmnist-resnet is a graph model" in capsys.readouterr().err
+    assert not (tmp_path / "db.sqlite").exists()
