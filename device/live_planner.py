@@ -37,7 +37,8 @@ def runnable_errors(db_path: str | os.PathLike, model: str, dataset: str, recipe
     except AccuracyDBError as e:
         hint = (f"; build them with `coinfer-plan evaluate-grid --model {model} --finetune-epochs 0`"
                 if recipe_prefix == "ft0-" else "")
-        if get_spec(model).builder is not BuilderKind.VGG_CFG:      # evaluate-grid refuses these
+        spec = get_spec(model)
+        if spec.builder is not BuilderKind.VGG_CFG and spec.dataset is None:   # no rows of its own to build
             hint = (f"; {model} is a torchvision-graph model without dataset-trained accuracy rows here: "
                     "give --db FILE with its rows, or a fixed P:C:B scheme")
         raise ValueError(f"{e}{hint}") from e

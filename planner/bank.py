@@ -2,11 +2,14 @@
 
 The device runs the shipped network exactly as trained, for any scheme: head(P), keep the
 C most important channels (planner.pruning, from its own weights), quantize to B bits,
-send.  What changes per scheme lives only on the cloud: the first parametric layer after
+send.  What changes per scheme lives only on the cloud, and what an entry owns depends on
+the builder kind (a table, `_OWNED_LAYERS`): for a VGG cfg the first parametric layer after
 the cut (conv P+1 with its BN, or the first classifier Linear after the last conv),
-restricted to the C kept input channels and fine-tuned with everything else frozen.
+restricted to the C kept input channels; for a graph network (fmnist-resnet) the whole
+segment after the cut (the residual block that reads it, or the classifier), fed the kept
+channels with the dropped ones zero.  Either is fine-tuned with everything else frozen.
 The rest of the tail is the unmodified network's, shared by every scheme, so a bank
-entry is small (C x out x 3 x 3 weights) and switching between schemes costs nothing.
+entry is small and switching between schemes costs nothing.
 docs/bank.md records why this layer and not the whole tail.
 
 Directory format (`coinfer-bank/1`):
@@ -23,6 +26,7 @@ Directory format (`coinfer-bank/1`):
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 from dataclasses import dataclass
@@ -33,7 +37,7 @@ import torch
 from torch import nn
 
 from planner.models import SplitCNN
-from planner.registry import WeightsMismatch
+from planner.registry import BuilderKind, WeightsMismatch
 from planner.scheme import Scheme, SchemeError
 
 BANK_FORMAT = "coinfer-bank/1"
@@ -66,25 +70,39 @@ def shipped_bank_dir(model_name: str) -> Path | None:
 # -- the owned layer ---------------------------------------------------------------------------
 @dataclass(frozen=True)
 class OwnedLayer:
-    """Where the first parametric layer after cut P sits in a SplitCNN."""
+    """What a bank entry owns after cut P, and where it sits in the network."""
 
-    kind: str            # "conv": features[index] (+ BN at index+1); "linear": classifier[index]
+    kind: str            # "conv": features[index] (+ BN at index+1); "linear": classifier[index];
+                         # "segment": a graph model's segment `index` (planner.graph_models.GraphCNN.segment)
     index: int
     cells: int = 1       # linear: input columns per channel (pool_h * pool_w)
 
     @property
     def prefix(self) -> str:
-        return f"features.{self.index}" if self.kind == "conv" else f"classifier.{self.index}"
+        return {"conv": "features", "linear": "classifier", "segment": "segment"}[self.kind] + f".{self.index}"
 
 
-def owned_layer(model: SplitCNN, partition: int) -> OwnedLayer:
-    """The layer a bank entry owns for cuts at P: conv P+1 (with its BN), or after the last
-    conv the first classifier Linear, whose inputs are the flattened (C, pool_h, pool_w) map."""
-    parts = model.partitions
-    model.partition(partition)   # range check with the model's own message
-    if partition + 1 < len(parts):
-        return OwnedLayer("conv", parts[partition + 1].conv_feature)
+def _cfg_owned_layer(model: SplitCNN, partition: int) -> OwnedLayer:
+    """VGG cfg: conv P+1 (with its BN), or after the last conv the first classifier Linear,
+    whose inputs are the flattened (C, pool_h, pool_w) map."""
+    if partition + 1 < len(model.partitions):
+        return OwnedLayer("conv", model.partitions[partition + 1].conv_feature)
     return OwnedLayer("linear", 0, model.spec.pool_hw[0] * model.spec.pool_hw[1])
+
+
+def _graph_owned_layer(model: nn.Module, partition: int) -> OwnedLayer:
+    """Graph network: the whole segment after cut P (the residual block that reads the cut, or
+    after the last cut the classifier), on the full-width map with the dropped channels zero."""
+    return OwnedLayer("segment", partition + 1)
+
+
+_OWNED_LAYERS = {BuilderKind.VGG_CFG: _cfg_owned_layer, BuilderKind.TORCHVISION_GRAPH: _graph_owned_layer}
+
+
+def owned_layer(model: nn.Module, partition: int) -> OwnedLayer:
+    """The layer a bank entry owns for cuts at P, by the model's builder kind."""
+    model.partition(partition)   # range check with the model's own message
+    return _OWNED_LAYERS[model.spec.builder](model, partition)
 
 
 def owned_state(model: SplitCNN, partition: int, keep: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -107,9 +125,9 @@ def owned_state(model: SplitCNN, partition: int, keep: Sequence[int]) -> dict[st
     return out
 
 
-class BankTail(nn.Module):
-    """(N, C_p, H, W) zero-filled map at P -> logits, through a scheme's owned layer (on the
-    kept channels only) and the unmodified network's remaining tail (shared, not copied)."""
+class CfgBankTail(nn.Module):
+    """VGG cfg: (N, C_p, H, W) zero-filled map at P -> logits, through a scheme's owned layer (on
+    the kept channels only) and the unmodified network's remaining tail (shared, not copied)."""
 
     def __init__(self, base: SplitCNN, partition: int, keep: Sequence[int]):
         super().__init__()
@@ -141,6 +159,46 @@ class BankTail(nn.Module):
         x = base.features[base.partition(self.partition).feature_end:](x)
         x = torch.flatten(base.avgpool(x), 1)
         return base.classifier[1:](self.linear(x))
+
+
+class GraphBankTail(nn.Module):
+    """Graph network: (N, C_p, H, W) map at P -> logits, through the scheme's own copy of the
+    segment after the cut (fed the kept channels, the dropped ones zero) and the unmodified
+    network's later segments (shared, not copied)."""
+
+    def __init__(self, base: nn.Module, partition: int, keep: Sequence[int]):
+        super().__init__()
+        self.layer = owned_layer(base, partition)
+        self.partition = partition
+        self.channels = base.partition(partition).channels
+        self.register_buffer("keep", torch.tensor(list(keep), dtype=torch.long), persistent=False)
+        self.segment = copy.deepcopy(base.segment(self.layer.index))   # the owned copy, trainable
+        for p in self.segment.parameters():
+            p.requires_grad_(True)
+        object.__setattr__(self, "_base", base)
+
+    def forward(self, fm: torch.Tensor) -> torch.Tensor:
+        """(N, C_p, H, W) map at P (dropped channels are ignored) -> (N, K) logits."""
+        return self.forward_kept(fm.index_select(1, self.keep))
+
+    def forward_kept(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, C, H, W) kept channels only, in ascending index order -> (N, K) logits."""
+        n, _, h, w = x.shape
+        fm = x.new_zeros(n, self.channels, h, w).index_copy(1, self.keep, x)    # (N, C_p, H, W)
+        x = self.segment(fm)
+        for seg in self._base.segments[self.layer.index + 1:]:
+            x = seg(x)
+        return x
+
+
+# builder kind -> the bank tail of that kind
+_BANK_TAILS = {BuilderKind.VGG_CFG: CfgBankTail, BuilderKind.TORCHVISION_GRAPH: GraphBankTail}
+
+
+def BankTail(base: nn.Module, partition: int, keep: Sequence[int]) -> nn.Module:  # noqa: N802 - reads as a class
+    """A scheme's tail over `base`, untuned (the unmodified tail on the zero-filled map): the
+    owned part has `forward_kept(kept)`, `keep` and `layer`, and its state dict is the entry."""
+    return _BANK_TAILS[base.spec.builder](base, partition, keep)
 
 
 # -- entries and the manifest -------------------------------------------------------------------
@@ -235,7 +293,7 @@ class LoadedBank:
 
     directory: Path
     manifest: Manifest
-    tails: dict[Scheme, BankTail]
+    tails: dict[Scheme, nn.Module]      # BankTail's
 
     def __len__(self) -> int:
         return len(self.tails)
@@ -252,7 +310,7 @@ def load_bank(directory: str | os.PathLike, base: SplitCNN, model_name: str, wei
         raise BankError(f"bank {str(directory)!r} is for {m.model}, not {model_name}")
     if m.weights_sha256 != weights_sha256:
         raise BankWeightsMismatch(m.weights_sha256, weights_sha256, f"bank {str(directory)!r}")
-    tails: dict[Scheme, BankTail] = {}
+    tails: dict[Scheme, nn.Module] = {}
     for e in m.schemes:
         where = f"bank {str(directory)!r} entry {e.scheme}"
         try:

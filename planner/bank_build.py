@@ -3,8 +3,9 @@
 For a scheme P:C:B the device's network stays exactly as shipped (head BN statistics
 too): the training network runs head(P) without gradients, keeps the C most important
 channels (planner.pruning), puts them through the codec's B-bit round trip, and trains
-only the bank entry's owned layer (planner.bank.BankTail: conv P+1 and its BN, or the
-first classifier Linear) with the rest of the tail frozen in eval mode.  Each scheme is
+only the bank entry's owned part (planner.bank.BankTail: for a VGG conv P+1 and its BN, or
+the first classifier Linear; for a graph model the segment after the cut) with the rest of
+the tail frozen in eval mode.  Each scheme is
 tested on the test split, recorded in the accuracy database under the bank's recipe
 (`bank<E>-seed<N>`, distinct from the `ft*` rows of whole-network fine-tuning), and written
 to the bank directory; the manifest is rewritten after every scheme, so an interrupted

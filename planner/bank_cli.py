@@ -21,8 +21,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     sub = bank.add_subparsers(dest="bank_command", required=True, metavar="COMMAND")
     b = sub.add_parser(
         "build", help="fine-tune, test and record each scheme's tail into a bank directory",
-        description="For each scheme, fine-tune what the cloud runs after the cut (the first layer after it, "
-                    "on the kept channels) with the device's network left exactly as shipped, test it, record "
+        description="For each scheme, fine-tune what the cloud runs after the cut (for a VGG the first layer "
+                    "after it, on the kept channels; for a graph model the segment after it) with the device's network left exactly as shipped, test it, record "
                     "the row in the accuracy database and write the bank directory. Resumes when interrupted.")
     b.add_argument("--model", required=True, choices=model_names())
     b.add_argument("--dataset", default=None,
@@ -89,7 +89,8 @@ def _build(args: argparse.Namespace) -> int:
     from planner.bank_build import build_bank
     from planner.evaluate import default_db_path
     from planner.train import require_trainable
-    require_trainable(args.model)            # before listing schemes: graph models are refused by name
+    # before listing schemes or opening the database: no weights or no dataset is refused by name
+    require_trainable(args.model, args.weights, args.dataset, trained=True)
     engine = check_engine_args(args)
     schemes = select_schemes(args)
     out = args.out or BANKS_DIR / args.model

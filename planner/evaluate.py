@@ -8,6 +8,10 @@ math (per sample and channel min/max, uniform levels) and whose backward is the 
 (straight-through). It is fine-tuned from the trained weights for E epochs (fractions
 allowed) and tested on the full test split; the row goes to the accuracy database and the
 fine-tuned weights to a scheme artifact (planner.artifact).
+
+A graph network (planner.graph_models; a cut may feed a residual sum) is not pruned: the
+dropped channels are masked to zero after the fake quantizer (`MaskedSchemeNet`), which is
+what the cloud's unmodified tail computes on a decoded frame; no artifact is written.
 """
 from __future__ import annotations
 
@@ -23,8 +27,9 @@ from torch import nn
 
 from planner.accuracy_db import BASE_SCHEME, AccuracyDB, AccuracyRecord
 from planner.artifact import save_artifact
-from planner.models import SplitCNN, WeightsError, build_model, conv_widths, default_weights_path, file_sha256, get_spec
-from planner.pruning import pruned_model
+from planner.models import (BuilderKind, SplitCNN, WeightsError, build_model, conv_widths, default_weights_path,
+                            file_sha256, get_spec)
+from planner.pruning import pruned_model, select_channels
 from planner.scheme import Scheme, SchemeError
 from planner.train import (FINETUNE_CONFIG, TrainConfig, dataset_num_classes, fit, input_shape, load_dataset,
                            model_dataset, predict_logits, top1_error)
@@ -75,6 +80,28 @@ def fake_quantize(x: torch.Tensor, bits: int) -> torch.Tensor:
     return _StraightThrough.apply(x, bits)
 
 
+class MaskedSchemeNet(nn.Module):
+    """Normalised input -> logits through head(P), the kept channels' B-bit fake quantizer with
+    the dropped channels zeroed, tail(P): what the cloud's unmodified tail computes on a
+    decoded frame.  For graph networks, whose cut may feed a residual sum: no state-dict
+    surgery, the network is the trained one whatever the scheme."""
+
+    def __init__(self, model: nn.Module, scheme: Scheme, keep: Sequence[int]):
+        super().__init__()
+        self.model = model
+        self.partition = scheme.partition
+        self.bits = scheme.bits
+        mask = torch.zeros(model.partition(scheme.partition).channels)
+        mask[list(keep)] = 1.0
+        self.register_buffer("mask", mask.view(1, -1, 1, 1), persistent=False)   # (1, C_p, 1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fm = self.model.head(x, self.partition)                     # (N, C_p, H_p, W_p)
+        # per-channel quantization: quantizing every channel then zeroing the dropped ones is
+        # the kept channels' round trip, zero-filled
+        return self.model.tail(fake_quantize(fm, self.bits) * self.mask, self.partition)
+
+
 class SchemeNet(nn.Module):
     """Normalised input -> logits through head(P), the B-bit fake quantizer, tail(P)."""
 
@@ -87,6 +114,23 @@ class SchemeNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fm = self.model.head(x, self.partition)                     # (N, C, H_p, W_p)
         return self.model.tail(fake_quantize(fm, self.bits), self.partition)
+
+
+def _pruned_scheme_net(model: SplitCNN, scheme: Scheme) -> tuple[SplitCNN, tuple[int, ...], nn.Module]:
+    """VGG cfg: the network pruned to the kept channels (its state dict is the artifact)."""
+    pruned, keep = pruned_model(model, scheme)
+    return pruned, keep, SchemeNet(pruned, scheme)
+
+
+def _masked_scheme_net(model: nn.Module, scheme: Scheme) -> tuple[None, tuple[int, ...], nn.Module]:
+    """Graph network: the trained network with the dropped channels masked; no artifact (a graph
+    model's scheme is served by the unmodified network or a bank, planner.bank)."""
+    keep = select_channels(model, scheme.partition, scheme.channels)
+    return None, keep, MaskedSchemeNet(model, scheme, keep)
+
+
+# builder kind -> (model, scheme) -> (pruned network or None, kept channels, the scheme's network)
+_SCHEME_NETS = {BuilderKind.VGG_CFG: _pruned_scheme_net, BuilderKind.TORCHVISION_GRAPH: _masked_scheme_net}
 
 
 # -- evaluation ---------------------------------------------------------------------------------
@@ -167,22 +211,21 @@ def evaluate(model_name: str, scheme: Scheme, finetune_epochs: float, db: Accura
     base = ensure_base_record(model_name, db, test_limit, weights, progress, dataset)
     model = build_model(model_name, num_classes=dataset_num_classes(dataset),
                         weights=_model_weights(model_name, weights))
-    pruned, keep = pruned_model(model, scheme)
-    net = SchemeNet(pruned, scheme)
+    pruned, keep, net = _SCHEME_NETS[model.spec.builder](model, scheme)
     recipe = recipe_name(finetune_epochs, seed, train_limit, test_limit)
     finetune_s = 0.0
     if finetune_epochs > 0:
         x_train, y_train = load_dataset(dataset, "train", train_limit, shape)
         cfg = dataclasses.replace(finetune, epochs=finetune_epochs, seed=seed, train_limit=train_limit)
-        finetune_s = fit(net, pruned.preprocess, x_train, y_train, cfg,
+        finetune_s = fit(net, model.preprocess, x_train, y_train, cfg,
                          desc=f"fine-tune {scheme}", progress=progress)
     t1 = time.perf_counter()
     x_test, y_test = load_dataset(dataset, "test", test_limit, shape)
-    logits = predict_logits(net, pruned.preprocess, x_test, progress=progress, desc=f"test {scheme}")
+    logits = predict_logits(net, model.preprocess, x_test, progress=progress, desc=f"test {scheme}")
     err = top1_error(logits, y_test)
     test_s = time.perf_counter() - t1
     art_path = art_sha = None
-    if save:
+    if save and pruned is not None:
         directory = Path(artifact_dir) if artifact_dir is not None else ARTIFACT_DIR
         art_path = directory / f"{model_name}_{scheme.partition}-{scheme.channels}-{scheme.bits}_{recipe}.pt"
         art_sha = save_artifact(art_path, model_name, scheme, keep, recipe, pruned.state_dict())

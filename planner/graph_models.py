@@ -1,4 +1,5 @@
-"""Torchvision architectures by name, split at the cuts planner.graph finds.
+"""Graph architectures by name (torchvision's, or the project's own in planner.graph_archs),
+split at the cuts planner.graph finds.
 
 `GraphCNN` exposes what `SplitCNN` does (spec, num_classes, partitions, partition(P),
 preprocess, head(x, P), tail(fm, P), segment(k), forward), so the profile, the search, the
@@ -28,6 +29,7 @@ import torchvision
 from torch import nn
 
 from planner.cut_model import CutModel
+from planner.graph_archs import ARCHS
 from planner.graph import Cut, cut_shapes, find_cuts, slice_graph, trace
 from planner.registry import BuilderKind, ModelSpec, PartitionSpec, file_sha256, get_spec
 
@@ -38,7 +40,7 @@ STATS_SEED = 0
 
 
 class GraphCNN(CutModel):
-    """A torchvision classification network that can run any head or tail of itself."""
+    """A graph classification network (torchvision's or planner.graph_archs') that can run any head or tail of itself."""
 
     def __init__(self, spec: ModelSpec, num_classes: int | None = None, seed: int = 0):
         super().__init__()
@@ -48,7 +50,7 @@ class GraphCNN(CutModel):
         self.num_classes = num_classes or spec.num_classes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            net = torchvision.models.get_model(spec.arch, weights=None, num_classes=self.num_classes)
+            net = build_arch(spec.arch, self.num_classes)
         for name, child in net.named_children():       # torchvision's state-dict keys, unchanged
             self.add_module(name, child)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, -1, 1, 1), persistent=False)
@@ -107,6 +109,13 @@ class GraphCNN(CutModel):
     def ranking(self, p: int) -> str:
         """How cut P's channels are ranked: `bn-folded` or `mean-abs-activation`."""
         return "bn-folded" if self.cuts[self.partition(p).index].conv_bn else "mean-abs-activation"
+
+
+def build_arch(arch: str, num_classes: int) -> nn.Module:
+    """An architecture by name, randomly initialised: the project's own (planner.graph_archs.ARCHS)
+    or torchvision's."""
+    builder = ARCHS.get(arch) or functools.partial(torchvision.models.get_model, arch, weights=None)
+    return builder(num_classes=num_classes)
 
 
 def partitions_from_cuts(cuts: list[Cut], shapes: list[tuple[int, int, int]] | None = None

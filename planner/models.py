@@ -140,7 +140,7 @@ def build_model(name: str, num_classes: int | None = None, weights: str | Path |
     elif spec.default_weights is not None and use_default_weights:
         log.warning("no trained weights for %s at %s; using random initialisation",
                     name, WEIGHTS_DIR / spec.default_weights)
-    elif spec.builder is BuilderKind.TORCHVISION_GRAPH:
+    elif spec.builder is BuilderKind.TORCHVISION_GRAPH and use_default_weights:
         log.warning("%s: no --weights; seeded random initialisation (random init: timing only)", name)
     return model.eval()
 

@@ -50,8 +50,8 @@ def run(args: argparse.Namespace) -> int:
         return record(args, spec)
     doc = partitions_doc(args.model, args.input_size)
     c, h, w = doc["input_shape"]
-    how = ("torch.fx cut finder; random init: timing only" if spec.builder is BuilderKind.TORCHVISION_GRAPH
-           else "VGG cfg, P = conv index")
+    how = ("VGG cfg, P = conv index" if spec.builder is not BuilderKind.TORCHVISION_GRAPH
+           else "torch.fx cut finder" + ("" if spec.default_weights else "; random init: timing only"))
     print(f"{args.model}: {len(doc['partitions'])} cut points for {c}x{h}x{w} input ({how})")
     print(f"{'P':>3} {'node':<28} {'C x H x W':>16}")
     for p in doc["partitions"]:

@@ -39,7 +39,7 @@ class NoDatasetError(ValueError):
 
 
 class UnsupportedModelError(ValueError):
-    """A model that a command cannot work on (training, fine-tuning, banks: VGG-cfg only)."""
+    """A model that a command cannot work on (training, fine-tuning, banks: no trained weights)."""
 
 
 class WeightsError(ValueError):
@@ -60,7 +60,8 @@ class BuilderKind(enum.Enum):
     """Which builder makes a registry entry's network (and walks its partition table)."""
 
     VGG_CFG = "vgg-cfg"                      # planner.models.SplitCNN from `cfg`
-    TORCHVISION_GRAPH = "torchvision-graph"  # planner.graph_models.GraphCNN from `arch`
+    TORCHVISION_GRAPH = "torchvision-graph"  # planner.graph_models.GraphCNN from `arch` (torchvision's
+                                             # or the project's own, planner.graph_archs.ARCHS)
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ class ModelSpec:
     dataset: str | None = None          # dataset it is trained on, when shipped
     default_weights: str | None = None  # file under planner/weights/ loaded by default
     builder: BuilderKind = BuilderKind.VGG_CFG  # which builder makes the network
-    arch: str | None = None             # torchvision builder name (TORCHVISION_GRAPH)
+    arch: str | None = None             # architecture name (TORCHVISION_GRAPH): torchvision's or planner.graph_archs'
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,13 @@ register(ModelSpec(
     name="vgg16_bn", cfg=VGG_CFGS["D"], in_channels=3, input_hw=(224, 224),
     num_classes=1000, pool_hw=(7, 7), hidden=(4096, 4096), dropout=0.5,
     mean=IMAGENET_MEAN, std=IMAGENET_STD))
+
+# a project-defined graph architecture (planner.graph_archs): cuts from the torch.fx finder at
+# the stem and the 8 block outputs; trained, evaluated and banked like fmnist-vgg
+register(ModelSpec(
+    name="fmnist-resnet", cfg=(), in_channels=1, input_hw=(28, 28), num_classes=10, pool_hw=(1, 1),
+    hidden=(), dropout=0.0, mean=(0.2860,), std=(0.3530,), dataset="fashion-mnist",
+    default_weights="fmnist-resnet.pt", builder=BuilderKind.TORCHVISION_GRAPH, arch="small_resnet18_gray"))
 
 
 # torchvision classification architectures served by their torchvision name: random init

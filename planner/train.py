@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 import shlex
 import sys
 import time
@@ -23,7 +24,8 @@ from tqdm.auto import tqdm
 
 from planner.data import IMAGE_HW
 from planner.datasets import dataset_arrays, dataset_classes, parse_dataset
-from planner.models import WEIGHTS_DIR, BuilderKind, build_model, file_sha256, get_spec, model_names
+from planner.models import (WEIGHTS_DIR, BuilderKind, build_model, default_weights_path, file_sha256, get_spec,
+                            model_names)
 from planner.registry import NoDatasetError, UnsupportedModelError  # noqa: F401 - raised here, caught by the CLI
 
 log = logging.getLogger(__name__)
@@ -94,29 +96,40 @@ def load_dataset(name: str, split: str, limit: int | None = None,
     return x, y
 
 
-def require_trainable(model_name: str) -> None:
-    """Training, scheme evaluation and banks fine-tune a VGG-cfg network (planner.pruning's
-    state-dict surgery, the bank's owned conv); a torchvision-graph model is refused by name."""
+# builder kinds whose networks train, fine-tune and bank here: a VGG cfg (pruned by state-dict
+# surgery) and a graph network (channels dropped at the cut by masking; planner.evaluate)
+TRAINABLE_BUILDERS = frozenset({BuilderKind.VGG_CFG, BuilderKind.TORCHVISION_GRAPH})
+
+
+def require_trainable(model_name: str, weights: str | Path | None = None, dataset: str | None = None,
+                      trained: bool = False) -> str:
+    """Refuse, before anything is written, what cannot work; returns the dataset's recorded name.
+
+    Training, scheme evaluation and banks need a builder kind in TRAINABLE_BUILDERS and a
+    dataset (`dataset`, a `--dataset` spec, else the model's own); evaluation and banks
+    (`trained`) also need weights trained here: `weights`, else the model's shipped file."""
     spec = get_spec(model_name)
-    if spec.builder is not BuilderKind.VGG_CFG:
-        vgg = ", ".join(model_names(BuilderKind.VGG_CFG))
+    if spec.builder not in TRAINABLE_BUILDERS:
+        names = ", ".join(sorted(k.value for k in TRAINABLE_BUILDERS))
         raise UnsupportedModelError(
-            f"{model_name} is a torchvision-graph model (cuts from its torch.fx graph; no dataset-trained "
-            f"weights here): train, evaluate, evaluate-grid and bank build need a VGG-cfg model ({vgg}); "
-            f"{model_name} supports partitions, profile, frontier, search, export, serve and infer")
-
-
-def model_dataset(model_name: str, dataset: str | None = None) -> str:
-    """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
-    require_trainable(model_name)
+            f"{model_name} is a {spec.builder.value} model: train, evaluate, evaluate-grid and bank build "
+            f"need one of {names}")
+    if trained and weights is None and default_weights_path(spec) is None:
+        raise UnsupportedModelError(
+            f"{model_name} has no trained weights here: evaluate, evaluate-grid and bank build need "
+            f"--weights FILE trained on the dataset, or `coinfer-plan train --model {model_name}` first")
     if dataset is not None:
         return parse_dataset(dataset).name
-    spec = get_spec(model_name)
     if spec.dataset is None:
         trainable = [n for n in model_names() if get_spec(n).dataset is not None]
         raise NoDatasetError(f"expected a model with a dataset in the registry ({', '.join(trainable)}) "
                              f"or --dataset, got {model_name!r}")
     return spec.dataset
+
+
+def model_dataset(model_name: str, dataset: str | None = None) -> str:
+    """The dataset's recorded name: `dataset` (a `--dataset` spec) when given, else the model's own."""
+    return require_trainable(model_name, dataset=dataset)
 
 
 def input_shape(model_name: str) -> tuple[int, int, int]:
@@ -247,4 +260,16 @@ def train_record(result: TrainResult) -> dict:
             "top1_accuracy": round(result.top1_accuracy, 4),
             "test_size": result.test_size, "seconds": round(result.seconds, 1),
             "command": result.command, "config": asdict(result.config),
-            "torch": torch.__version__}
+            "torch": torch.__version__, "machine": machine_record()}
+
+
+def machine_record() -> dict:
+    """Where a training ran: the CPU model, its cores and how many this process may use (taskset)."""
+    model = "unknown CPU"
+    try:
+        model = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": model, "cores": os.cpu_count(), "cores_allowed": allowed}

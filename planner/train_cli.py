@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from planner.models import model_names
 from planner.parallel import add_engine_args, check_engine_args
 from planner.scheme import Scheme
+from planner.registry import UnsupportedModelError
 from planner.train import FINETUNE_CONFIG, TrainConfig, require_trainable, train_model, train_record
 
 _DEFAULTS = TrainConfig()
@@ -117,9 +118,20 @@ def _evaluation_json(ev) -> dict:
             "artifact_sha256": rec.artifact_sha256}
 
 
+def _refuse_graph_artifacts(args: argparse.Namespace) -> None:
+    """A graph model's scheme is the trained network masked at the cut (planner.evaluate): it
+    has no pruned network to save, so an explicit --artifact-dir is refused by name."""
+    from planner.models import BuilderKind, get_spec
+    if args.artifact_dir is not None and get_spec(args.model).builder is not BuilderKind.VGG_CFG:
+        raise UnsupportedModelError(f"{args.model} is a graph model: its schemes write no artifact (the cloud runs "
+                                    "the unmodified tail or a bank entry); drop --artifact-dir")
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from planner.evaluate import evaluate
-    require_trainable(args.model)            # before the database is opened (or created)
+    # before the database is opened (or created)
+    require_trainable(args.model, args.weights, args.dataset, trained=True)
+    _refuse_graph_artifacts(args)
     with _open_db(args) as db:
         ev = evaluate(args.model, args.scheme, args.finetune_epochs, db, seed=args.seed,
                       train_limit=args.train_limit, test_limit=args.test_limit,
@@ -145,7 +157,8 @@ def _int_list(text: str, name: str) -> list[int]:
 def _evaluate_grid(args: argparse.Namespace) -> int:
     from planner.evaluate import ensure_base_record, evaluate_detached, grid_schemes, recipe_name
     from planner.models import conv_widths, get_spec
-    require_trainable(args.model)
+    require_trainable(args.model, args.weights, args.dataset, trained=True)
+    _refuse_graph_artifacts(args)
     from planner.parallel import run_each
     engine = check_engine_args(args)
     channels = [None if c.strip() == "all" else int(c) for c in args.channels.split(",") if c.strip()]

@@ -18,7 +18,7 @@ SMALL_HW = (64, 64)              # the graph models' cuts at 64x64 end at 2x2: q
 GRAPH_NAMES = model_names(BuilderKind.TORCHVISION_GRAPH)
 TOLERANCE = 1e-5                 # max abs difference of logits allowed (the same ops in the same order: 0)
 # the architectures the issue names run by default; the rest of the registry's are marked slow
-NAMED = {"resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_small",
+NAMED = {"fmnist-resnet", "resnet18", "resnet34", "resnet50", "resnet101", "mobilenet_v2", "mobilenet_v3_small",
          "mobilenet_v3_large", "efficientnet_b0"}
 GRAPH_CASES = [name if name in NAMED else pytest.param(name, marks=pytest.mark.slow) for name in GRAPH_NAMES]
 
@@ -44,7 +44,7 @@ def test_the_registry_names_the_torchvision_architectures():
 @torch.inference_mode()
 def test_every_cut_tail_of_head_equals_the_model(graph_models, name):
     model = graph_models[name]
-    x = torch.randn(2, 3, *SMALL_HW, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, model.spec.in_channels, *SMALL_HW, generator=torch.Generator().manual_seed(0))
     expected = model(x)
     table = partition_table(model.spec, SMALL_HW)
     assert len(table) == len(model.partitions) >= 5
@@ -166,12 +166,12 @@ def test_partitions_command_keeps_vggs_numbering_and_refuses_unknown_names():
     assert r.returncode == 2 and "Unknown model 'resnet'" in r.stderr
 
 
-def test_training_and_banks_refuse_graph_models_by_name(tmp_path):
+def test_evaluation_and_banks_refuse_graph_models_without_trained_weights(tmp_path):
     for args in (("bank", "build", "--model", "resnet18", "--out", str(tmp_path / "bank")),
                  ("evaluate", "--model", "mobilenet_v2", "--scheme", "0:8:4", "--dataset", "fashion-mnist")):
         r = run_plan(*args)
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
-        assert f"{args[args.index('--model') + 1]} is a torchvision-graph model" in r.stderr and "VGG-cfg model" in r.stderr
+        assert f"{args[args.index('--model') + 1]} has no trained weights here" in r.stderr and "--weights" in r.stderr
     assert not (tmp_path / "bank").exists()
     from planner.evaluate import default_db_path
     assert not default_db_path("mobilenet_v2").exists()       # refused before a database is created
