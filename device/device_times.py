@@ -26,16 +26,20 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "op
 @dataclass(frozen=True)
 class DeviceTimes:
     head_s: tuple[float, ...]    # mean seconds from uint8 image to the cut at each P (sustained)
-    full_model_s: float          # mean seconds for the whole network (sustained, warm caches)
+    full_model_s: float          # mean seconds for the whole network (sustained, cold caches as the heads)
     repeats: int
     cpu_quota: float | None      # fraction of one CPU the process was confined to
     encode_s_per_value: float = 0.0   # quantize + pack + zstd seconds per feature-map value
     encode_s_fixed: float = 0.0       # ... plus these seconds per frame (cold caches)
     head_cpu_s: tuple[float, ...] = ()   # mean CPU seconds from uint8 image to each cut (what a quota rations)
-    full_model_cpu_s: float = 0.0        # mean CPU seconds of the whole network (warm caches)
+    full_model_cpu_s: float = 0.0        # mean CPU seconds of the whole network (cold caches)
+    # the whole network with warm caches, as a device-only stream runs it (nothing between its
+    # frames): mean seconds and CPU seconds, what device-only is priced at (0: not measured)
+    device_only_s: float = 0.0
+    device_only_cpu_s: float = 0.0
 
 
-DEVICE_TIMES_METHOD = "sustained-mean-cold/5"   # part of the cache key: a new method re-measures
+DEVICE_TIMES_METHOD = "sustained-mean-cold/6"   # part of the cache key: a new method re-measures
 ENCODE_BITS = 4                  # bits of the start-up encode timing (cost varies little with B)
 
 
@@ -113,10 +117,11 @@ def measure_device_times(heads: Heads, repeats: int = 5, warmup: int = 1, cpu_qu
         r += 1
     n = range(len(heads.partitions))
     fixed, per_value = measure_encode_s(last.maps, evict)
-    full_s, full_cpu_s = measure_full_model_warm(heads, image, len(runs))
+    warm_s, warm_cpu_s = measure_full_model_warm(heads, image, len(runs))
     return DeviceTimes(tuple(statistics.fmean(run.head_s[p] for run in runs) for p in n),
-                       full_s, len(runs), cpu_quota, per_value, fixed,
-                       tuple(statistics.fmean(run.head_cpu_s[p] for run in runs) for p in n), full_cpu_s)
+                       statistics.fmean(run.full_s for run in runs), len(runs), cpu_quota, per_value, fixed,
+                       tuple(statistics.fmean(run.head_cpu_s[p] for run in runs) for p in n),
+                       statistics.fmean(run.full_cpu_s for run in runs), warm_s, warm_cpu_s)
 
 
 def measure_full_model_warm(heads: Heads, image: np.ndarray, repeats: int) -> tuple[float, float]:
@@ -146,7 +151,8 @@ def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
             d = json.loads(path.read_text())
             return DeviceTimes(tuple(d["head_s"]), d["full_model_s"], d["repeats"], d["cpu_quota"],
                                float(d["encode_s_per_value"]), float(d["encode_s_fixed"]), tuple(d["head_cpu_s"]),
-                               float(d["full_model_cpu_s"]))
+                               float(d["full_model_cpu_s"]), float(d["device_only_s"]),
+                               float(d["device_only_cpu_s"]))
         except (ValueError, KeyError, TypeError):
             log.warning("re-measuring: device-time cache %s is unreadable or from an older version", path)
     times = measure_device_times(heads, repeats, cpu_quota=cpu_quota)
@@ -156,7 +162,9 @@ def cached_device_times(heads: Heads, cpu_quota: float | None, repeats: int = 5,
                                     "repeats": times.repeats, "cpu_quota": times.cpu_quota,
                                     "encode_s_per_value": times.encode_s_per_value,
                                     "encode_s_fixed": times.encode_s_fixed,
-                                    "head_cpu_s": times.head_cpu_s, "full_model_cpu_s": times.full_model_cpu_s}))
+                                    "head_cpu_s": times.head_cpu_s, "full_model_cpu_s": times.full_model_cpu_s,
+                                    "device_only_s": times.device_only_s,
+                                    "device_only_cpu_s": times.device_only_cpu_s}))
     except OSError as e:
         log.warning("cannot cache device times at %s: %s", path, e)
     return times

@@ -89,8 +89,8 @@ class LiveState:
         d = self.device
         if self.cpu_limit is None or self.cpu_limit[0] >= 1 or not d.head_cpu_s:
             return None
-        return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], d.head_cpu_s, d.full_model_cpu_s,
-                         self.call_cpu_s() or 0.0, self.loop_cpu_s or 0.0)
+        return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], d.head_cpu_s,
+                         d.device_only_cpu_s or d.full_model_cpu_s, self.call_cpu_s() or 0.0, self.loop_cpu_s or 0.0)
 
     def profile(self) -> Profile:
         heads, (h, w) = self.heads, self.heads.input_hw
@@ -107,7 +107,7 @@ class LiveState:
         return Profile(
             model=self.model_name, dataset=heads.spec.dataset, num_classes=heads.num_classes,
             base_top1_error=self.base_top1_error, input_shape=(heads.spec.in_channels, h, w),
-            cloud_only_upload_bytes=upload, device_full_model_s=self.device.full_model_s,
+            cloud_only_upload_bytes=upload, device_full_model_s=self.device.device_only_s or self.device.full_model_s,
             cloud_full_model_s=self.server.cloud_full_model_s, partitions=parts,
             device_hardware=f"{platform.node()} ({platform.machine()})"
                             + (f", CPU quota {self.device.cpu_quota:g}" if self.device.cpu_quota else ""),
