@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass
 import itertools
 import json
 import logging
@@ -10,6 +9,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import grpc
 
@@ -166,18 +166,15 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
     """Every frame's result, in order, and the wall and process CPU seconds (every thread)
     from the first frame's start to the last answer.  On `stop` no new frame starts; those in
     flight are still answered."""
-    started: list[float] = []
-    cpu_started: list[float] = []
-    throttled: list = []
+    start: list[tuple] = []      # (wall, process CPU, cgroup throttling) at the first frame's start
 
     def source():
         for i, item in enumerate(frames):
             if i and stop is not None and (stop.is_set() or (interval_s and stop.wait(interval_s))):
                 return
-            if not started:
-                started.append(time.perf_counter())
-                cpu_started.append(time.process_time())
-                throttled.append(dev.quota.throttling() if dev.quota is not None else None)
+            if not start:
+                start.append((time.perf_counter(), time.process_time(),
+                              dev.quota.throttling() if dev.quota is not None else None))
             yield item
 
     results = []
@@ -185,13 +182,14 @@ def process(dev: Device, frames, args: argparse.Namespace, stop: threading.Event
         results.append(r)
         if not args.quiet:
             print_frame(i, r, args.json, extra)
-    if not started:
+    if not start:
         return Processed(results, 0.0, 0.0)
-    end = dev.quota.throttling() if throttled[0] is not None else None
-    return Processed(results, time.perf_counter() - started[0], time.process_time() - cpu_started[0],
-                     None if end is None else {"periods": end[0] - throttled[0][0],
-                                               "throttled_periods": end[1] - throttled[0][1],
-                                               "throttled_s": end[2] - throttled[0][2]})
+    wall0, cpu0, throttled0 = start[0]
+    end = dev.quota.throttling() if throttled0 is not None else None
+    return Processed(results, time.perf_counter() - wall0, time.process_time() - cpu0,
+                     None if end is None else {"periods": end[0] - throttled0[0],
+                                               "throttled_periods": end[1] - throttled0[1],
+                                               "throttled_s": end[2] - throttled0[2]})
 
 
 def print_summary(dev: Device, run: Processed, as_json: bool) -> None:

@@ -83,14 +83,21 @@ def current_cgroup(pid: int, layout: CgroupLayout, proc_root: Path = PROC) -> st
                            f"{proc_root / str(pid) / 'cgroup'}")
 
 
+def own_group(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Path = PROC
+              ) -> tuple[CgroupLayout, Path]:
+    """The CPU controller's layout and the directory of the pid's (default: this process's)
+    own cgroup; raises QuotaUnavailable or OSError when they cannot be found."""
+    layout = detect_layout(fs_root)
+    return layout, layout.root / current_cgroup(pid or os.getpid(), layout, proc_root).lstrip("/")
+
+
 def cpu_limit(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Path = PROC
               ) -> tuple[float, float] | None:
     """(share of one CPU, CFS period in s) that the pid's own cgroup allows it (--cpu-quota, or a
     container's CPU limit), or None when it is unlimited or cannot be read.  Only the pid's own
     group is read, not its ancestors'."""
     try:
-        layout = detect_layout(fs_root)
-        group = layout.root / current_cgroup(pid or os.getpid(), layout, proc_root).lstrip("/")
+        layout, group = own_group(pid, fs_root, proc_root)
         if layout.version is CgroupVersion.V2:
             quota, period = (group / "cpu.max").read_text().split()
             if quota == "max":
@@ -112,8 +119,7 @@ def throttling(pid: int | None = None, fs_root: Path = CGROUP_FS, proc_root: Pat
     (its cpu.stat), or None when it cannot be read: the difference over a run says whether
     the quota really rationed it."""
     try:
-        layout = detect_layout(fs_root)
-        group = layout.root / current_cgroup(pid or os.getpid(), layout, proc_root).lstrip("/")
+        layout, group = own_group(pid, fs_root, proc_root)
     except (QuotaUnavailable, OSError, ValueError):
         return None
     return group_throttling(group, layout.version)

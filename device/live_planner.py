@@ -65,7 +65,6 @@ class LivePlanner:
     strategy: Strategy = Strategy.EXHAUSTIVE
     seed: int = 0
     planned_mbps: float | None = None
-    planned_rtt_s: float | None = None  # the base round trip the current plan was made for (logged)
     current: SearchResult | None = None
     plans: int = 0
     from_bank: bool = False           # accuracies are the cloud's bank's, learnt from its server info
@@ -87,14 +86,14 @@ class LivePlanner:
                         "only (plan over database rows with --recipe PREFIX)", info.name)
         self.current = self.planned_mbps = None
 
-    def needs_plan(self, bandwidth_mbps: float, rtt_s: float | None = None, now: float | None = None) -> bool:
+    def needs_plan(self, bandwidth_mbps: float, now: float | None = None) -> bool:
         """A new plan when the bandwidth estimate left the hysteresis band of the planned one
         (at once), and otherwise as often as `plan_cpu_budget` of the device's CPU allows: the
         plan then follows everything else the device learns as frames go (the round trip, zstd
         ratios, its CPU per call and between frames).  A first plan, made before any frame,
         would otherwise stand for the whole run (vgg16_bn at 2 Mbps under a 0.1 quota,
         2026-12-06: 20 frames of 0:4:5 where the profile at the end priced cloud-only 17% faster).
-        `rtt_s` is logged only; `now`: time.monotonic() (tests pass their own)."""
+        `now`: time.monotonic() (tests pass their own)."""
         if self.current is None or self.planned_mbps is None:
             return True
         lo, hi = self.planned_mbps / (1 + self.hysteresis), self.planned_mbps * (1 + self.hysteresis)
@@ -116,7 +115,7 @@ class LivePlanner:
         cands = build_candidates(lat, Space.DB, self.errors)
         result = search(lat, cands, self.requirement.build(lat), DBEvaluator(self.errors, self.base_error),
                         SearchConfig(seed=self.seed), self.strategy)
-        self.current, self.planned_mbps, self.planned_rtt_s = result, bandwidth_mbps, profile.rtt_s
+        self.current, self.planned_mbps = result, bandwidth_mbps
         self.plans += 1
         self.planned_at, self.plan_cpu_s = time.monotonic(), time.thread_time() - cpu0
         return result

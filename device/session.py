@@ -145,7 +145,7 @@ class LiveSession:
             return self.fixed, False
         bw = self.state.link.bandwidth_mbps
         replanned = False
-        if bw is not None and self.state.server is not None and self.planner.needs_plan(bw, self.state.link.rtt_s):
+        if bw is not None and self.state.server is not None and self.planner.needs_plan(bw):
             before = self.planner.current.scheme if self.planner.current else None
             result = self.planner.plan(self.state.profile(), bw)
             replanned = True

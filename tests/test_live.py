@@ -117,9 +117,9 @@ def test_planner_switches_with_bandwidth_and_respects_hysteresis(fmnist_cloud, l
     assert planner.plan_cpu_s > 0
     planner.cpu_share = 0.1          # a device under a 0.1 quota: 50 x a plan's CPU between plans
     wait_s = planner.plan_cpu_s / (planner.plan_cpu_budget * 0.1)
-    assert not planner.needs_plan(1000.0, 0.020, planner.planned_at + 0.9 * wait_s)
-    assert planner.needs_plan(1000.0, 0.020, planner.planned_at + 1.1 * wait_s)
-    assert planner.needs_plan(1300.0, None, planner.planned_at)
+    assert not planner.needs_plan(1000.0, planner.planned_at + 0.9 * wait_s)
+    assert planner.needs_plan(1000.0, planner.planned_at + 1.1 * wait_s)
+    assert planner.needs_plan(1300.0, planner.planned_at)
     # every recorded row looked up: exact, and what the GP-driven search finds too
     assert fast.proven and fast.evaluations == sum(1 for s in errors if s.is_split)
     from planner.search import Strategy
