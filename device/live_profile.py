@@ -14,6 +14,7 @@ from device.device_times import DeviceTimes
 from device.link import LinkEstimator
 from device.heads import Heads
 from planner.profile import CodecProfile, DeviceCpu, PartitionProfile, Profile, save_profile
+from planner.scheme import Mode, Scheme
 from protos.coinfer.v1 import coinfer_pb2 as pb
 
 SIDE_BYTES_PER_CHANNEL = 8   # float32 offset + float32 scale per kept channel
@@ -76,6 +77,11 @@ class LiveState:
     cpu_limit: tuple[float, float] | None = None      # (share, CFS period s) of this process's cgroup
     call_cpu_s: Callable[[], float | None] = lambda: None   # device CPU s of one cloud call, as measured
     loop_cpu_s: float | None = None      # EWMA: process CPU s between one frame's end and the next's start
+    # EWMA: the device's network CPU in the frame loop over the start-up profile's price of it
+    # (device-only and split frames).  Under a quota the caches go cold while the process is
+    # throttled, and the loop's other threads run inside the frame; fmnist-vgg at a 0.1 quota
+    # (2026-12-06): device-only frames took 2.7 ms of CPU where warm passes priced 1.7 ms
+    head_cpu_scale: float | None = None
 
     def __post_init__(self) -> None:
         self.bytes.encode_s_fixed = self.device.encode_s_fixed
@@ -83,14 +89,42 @@ class LiveState:
     def observe_loop_cpu(self, cpu_s: float, alpha: float = 0.2) -> None:
         self.loop_cpu_s = _ewma(self.loop_cpu_s, cpu_s, alpha)
 
+    def observe_image(self, image, codec_cfg: codec.CodecConfig) -> None:
+        """The zstd ratio of cloud-only's upload from one real image, until a cloud-only frame
+        measures it (unknown, a ~500-byte Fashion-MNIST upload was priced at 832 bytes)."""
+        if self.bytes.image_ratio is None:
+            msg = codec.encode_image(image, codec_cfg)
+            self.bytes.image_ratio = len(msg.payload) / max(1, image.size)
+
+    def observe_frame_cpu(self, scheme: Scheme, cpu_s: float, alpha: float = 0.2) -> None:
+        """One frame's process CPU seconds (every thread), run with `scheme`: against the
+        profile's price of its network part (the call's and the encoder's measured CPU taken
+        out), it updates `head_cpu_scale`.  Ratios are clamped to [0.5, 4]: one frame that met
+        a stray stall must not reprice every head."""
+        d = self.device
+        if scheme.mode is Mode.DEVICE_ONLY:
+            priced, other = d.device_only_cpu_s or d.full_model_cpu_s, 0.0
+        elif scheme.is_split and d.head_cpu_s:
+            part = self.heads.partitions[scheme.partition]
+            per_value = self.bytes.encode_s_per_value or d.encode_s_per_value
+            enc = d.encode_s_fixed + per_value * scheme.channels * part.height * part.width
+            priced, other = d.head_cpu_s[scheme.partition], enc + (self.call_cpu_s() or 0.0)
+        else:
+            return
+        if priced > 0:
+            ratio = min(4.0, max(0.5, (cpu_s - other) / priced))
+            self.head_cpu_scale = _ewma(self.head_cpu_scale, ratio, alpha)
+
     def device_cpu(self) -> DeviceCpu | None:
         """CPU seconds and the quota, when the device runs under a CPU limit (else wall seconds
         price it, as measured)."""
         d = self.device
         if self.cpu_limit is None or self.cpu_limit[0] >= 1 or not d.head_cpu_s:
             return None
-        return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], d.head_cpu_s,
-                         d.device_only_cpu_s or d.full_model_cpu_s, self.call_cpu_s() or 0.0, self.loop_cpu_s or 0.0)
+        k = self.head_cpu_scale or 1.0
+        return DeviceCpu(self.cpu_limit[0], self.cpu_limit[1], tuple(k * c for c in d.head_cpu_s),
+                         k * (d.device_only_cpu_s or d.full_model_cpu_s), self.call_cpu_s() or 0.0,
+                         self.loop_cpu_s or 0.0)
 
     def profile(self) -> Profile:
         heads, (h, w) = self.heads, self.heads.input_hw

@@ -10,9 +10,14 @@ The link is measured passively from frames while they flow, and actively (Probe)
 frames, on the frames' own thread, when no frame sampled the bandwidth for
 `probe_interval_s` (device-only plans, small frames): a probe never queues behind an
 upload, nor competes with a frame for a CPU-quota'd device (either inflated the base RTT
-and then every sample), at the cost of delaying the next frame by the probe (~0.2-0.7 s
-every `probe_interval_s` while nothing else measures the link).  A background thread only
-watches for a cloud that went away to come back.
+and then every sample), at the cost of delaying the next frame by the probe (~0.2-1 s,
+0.9 s at 0.5 Mbps under a 0.1 quota): so probes are also kept to PROBE_TIME_BUDGET of the
+session's time, the wait after one being its duration / that budget.  A background thread
+only watches for a cloud that went away to come back.
+
+The first plan is made at start, once the link is measured: it pays the search's one-time
+set-up (2 s of wall time under a 0.1 quota, fmnist-vgg), as the start-up profile pays the
+network's.
 """
 from __future__ import annotations
 
@@ -61,6 +66,7 @@ class LiveSession:
     planner: LivePlanner | None          # None: a fixed scheme
     fixed: Scheme | None = None
     probe_interval_s: float = 5.0        # probe when no frame sampled the bandwidth for this long
+    probe_time_budget: float = 0.02      # ... and probes take at most this share of the time
     down_probe_interval_s: float = 1.0   # reachability probe while it is down
     cloud_up: bool = True
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -70,6 +76,8 @@ class LiveSession:
     _last_scheme: Scheme | None = None
     _switched: bool = False
     _cpu_frame_end: float | None = None    # process CPU seconds when the last frame ended
+    _probe_wait_s: float = 0.0             # the latest probe's seconds / probe_time_budget
+    _frames: int = 0                       # frames processed (the first pays one-off costs)
 
     def __post_init__(self) -> None:
         self.runner.on_answer = self._observe
@@ -88,6 +96,8 @@ class LiveSession:
             self.cloud_up = False
         self._prober = threading.Thread(target=self._reachability_loop, name="coinfer-prober", daemon=True)
         self._prober.start()
+        if self.cloud_up and self.planner is not None:
+            self._planned()
 
     def _connect(self) -> None:
         """Learn the cloud's model info if still unknown, then measure the link."""
@@ -122,10 +132,12 @@ class LiveSession:
     def _probe_if_stale(self) -> None:
         """Between frames, on the frames' thread: probe when no frame sampled the bandwidth for
         `probe_interval_s`.  A probe never shares the link, or the device's CPU, with a frame."""
-        if not self.cloud_up or self.state.link.idle_for() < self.probe_interval_s:
+        if not self.cloud_up or self.state.link.idle_for() < max(self.probe_interval_s, self._probe_wait_s):
             return
+        t0 = time.monotonic()
         try:
             self.state.link.probe(self.client, target_s=0.1)
+            self._probe_wait_s = (time.monotonic() - t0) / self.probe_time_budget
         except grpc.RpcError as e:
             if e.code() not in FALLBACK_CODES:
                 raise
@@ -174,6 +186,8 @@ class LiveSession:
         if pipe.in_flight and self.cloud_up and self.state.link.idle_for() >= self.probe_interval_s:
             out += self._delivered(pipe.drain())      # a probe never shares the link with a frame
         self._probe_if_stale()
+        if self.planner is not None:
+            self.state.observe_image(image, self.runner.codec_cfg)
         planned, scheme, replanned, note = self._next_scheme()
         switched = planned != self._last_scheme
         self._last_scheme = planned
@@ -214,18 +228,27 @@ class LiveSession:
 
     def _process(self, image: np.ndarray, label: int | None = None) -> SessionFrame:
         self._probe_if_stale()
+        if self.planner is not None:
+            self.state.observe_image(image, self.runner.codec_cfg)
         planned, replanned = self._planned()
         self._switched = planned != self._last_scheme
         self._last_scheme = planned
+        cpu0 = time.process_time()
+        observe = self.state.observe_frame_cpu if self._frames else (lambda *_: None)   # first: one-off costs
+        self._frames += 1
         if planned is None or planned.is_split or planned == Scheme.parse("cloud-only"):
             if planned is None or not self.cloud_up:
                 r = self.runner.run(DEVICE_ONLY, image, label)
                 r = dataclasses.replace(r, fallback="cloud unreachable (probing)")
+                observe(DEVICE_ONLY, time.process_time() - cpu0)
             else:
                 r = self.runner.run(planned, image, label)
                 if r.fallback:
                     self.cloud_up = False
+                else:
+                    observe(planned, time.process_time() - cpu0)
         else:
             r = self.runner.run(planned, image, label)
+            observe(planned, time.process_time() - cpu0)
         return SessionFrame(r, "none" if planned is None else str(planned), self.state.link.bandwidth_mbps,
                             self.state.link.rtt_s, replanned)
