@@ -11,7 +11,9 @@
   the seed's Stanford Cars head): timing and bytes on generated images (no accuracy is
   claimed from them); auto planned on the seed's accuracy files, imported at run time into
   a database under /tmp with recipe `seed-import` (the seed files stay in ../shared/seed);
-  plus a tc rate change 0.5 -> 2 Mbps during an auto run under --latency-ratio 0.7.
+  plus a tc rate change 0.5 -> 2 Mbps during an auto run under --latency-ratio 0.7;
+- fmnist-resnet (the second shipped model, cuts at residual block outputs) at 0.05, 0.5 and
+  2 Mbps on Fashion-MNIST test images, auto over its own shipped bank, beside fmnist-vgg.
 Each model runs twice, the device on torch and then on ONNX Runtime (`--runtimes`): for the
 ONNX device the model is exported (`coinfer-plan export`, the cloud's weights and class
 count) into the temporary work directory, deleted at the end (vgg16_bn's is ~540 MB), and
@@ -67,6 +69,8 @@ MATRIX = (
                 rate_change=(0.05, 2.0), rate_change_requirement=("--max-accuracy-loss", "0.01")),
     MatrixEntry("vgg16_bn", (0.5, 1.0, 2.0), ("1:9:8", "3:34:8", "12:400:8"), limit=20, num_classes=196,
                 input_hw=(224, 224), rate_change=(0.5, 2.0), rate_change_requirement=("--latency-ratio", "0.7")),
+    # the second shipped model (#14): cuts at residual block outputs, auto over its own bank
+    MatrixEntry("fmnist-resnet", (0.05, 0.5, 2.0), ("1:2:2", "3:8:2", "5:64:1", "7:16:4"), limit=100),
 )
 
 
@@ -169,6 +173,8 @@ def entry_config(m: MatrixEntry, args: argparse.Namespace, work: Path) -> LinkBe
                           schemes=m.schemes, limit=limit, num_classes=m.num_classes)
     if m.model == "fmnist-vgg":
         return replace(cfg, weights=args.fmnist_weights)   # auto plans over the cloud's shipped bank
+    if m.model == "fmnist-resnet":
+        return cfg                                         # shipped weights and bank, Fashion-MNIST
     images = synthetic_images(work / "images", limit, m.input_hw or (224, 224), 3)
     return replace(cfg, db=str(seed_db(work / "seed.sqlite")), recipe="seed-import", dataset_name=SEED_DATASET,
                    images=tuple(images), synthetic_images=True, input_size=m.input_hw)
