@@ -11,7 +11,7 @@ frames, on the frames' own thread, when no frame sampled the bandwidth for
 `probe_interval_s` (device-only plans, small frames): a probe never queues behind an
 upload, nor competes with a frame for a CPU-quota'd device (either inflated the base RTT
 and then every sample), at the cost of delaying the next frame by the probe (~0.2-1 s,
-0.9 s at 0.5 Mbps under a 0.1 quota): so probes are also kept to PROBE_TIME_BUDGET of the
+0.9 s at 0.5 Mbps under a 0.1 quota): so probes are also kept to `probe_time_budget` of the
 session's time, the wait after one being its duration / that budget.  A background thread
 only watches for a cloud that went away to come back.
 
